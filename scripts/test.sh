@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The one test command: format check, lints as errors, every test, docs.
+# .ci/run calls exactly this. Run from anywhere: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
+echo "== cargo test"
+cargo test --all-features 2>&1 | tee target/test.log
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+echo "== all checks passed"

@@ -1,0 +1,403 @@
+//! Server settings: command-line flags (clap), the TOML file (serde), their
+//! defaults, and validation. Flags override the file; the file overrides the
+//! defaults. [`Config::resolve`] is the one place that turns input into a
+//! checked [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::protocol::{DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
+/// Default `max_connections`: a million and then some.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1 << 20;
+/// Smallest and largest tick. Below 1 ms the sweep is no longer coarse.
+pub const TICK_MIN: Duration = Duration::from_millis(1);
+pub const TICK_MAX: Duration = Duration::from_secs(10);
+/// Largest timeout in ticks: ages are u32 tick differences and must never
+/// come near wrap-around.
+pub const TIMEOUT_TICKS_MAX: u64 = 1 << 30;
+/// Most shards one process runs.
+pub const SHARDS_MAX: usize = 1024;
+
+/// How the shards drive io_uring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// Fast if the kernel has every feature it needs, else compat.
+    #[default]
+    Auto,
+    /// Multishot accept into direct descriptors, multishot recv, buffer ring
+    /// (kernel 6.0+). Start-up fails if a feature is missing.
+    Fast,
+    /// What kernel 5.10 has: single-shot ACCEPT and RECV, PROVIDE_BUFFERS,
+    /// regular file descriptors.
+    Compat,
+}
+
+/// Kernel TCP keepalive, set on the listeners so accepted sockets inherit it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl std::str::FromStr for Keepalive {
+    type Err = String;
+
+    /// `IDLE,INTVL,CNT`, e.g. `60s,10s,5`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let [idle, interval, count] = parts[..] else {
+            return Err(format!(
+                "expected IDLE,INTVL,CNT (e.g. 60s,10s,5), got {s:?}"
+            ));
+        };
+        let dur = |v: &str| humantime::parse_duration(v).map_err(|e| format!("{v:?}: {e}"));
+        let keepalive = Keepalive {
+            idle: dur(idle)?,
+            interval: dur(interval)?,
+            count: count.parse().map_err(|e| format!("count {count:?}: {e}"))?,
+        };
+        if keepalive.idle < Duration::from_secs(1)
+            || keepalive.interval < Duration::from_secs(1)
+            || keepalive.count == 0
+        {
+            return Err("keepalive idle and interval must be >= 1s and count >= 1".into());
+        }
+        Ok(keepalive)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 200ms, 3s, 1m)"))
+}
+
+/// `ringbeat serve` flags. Every flag is optional so that the TOML file and
+/// the defaults can fill what is not given.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable) [default: 127.0.0.1:7700]
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Heartbeat interval offered to clients [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Silence after which a connection is evicted [default: 30s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Sweep period; eviction is at most one tick late [default: 100ms]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub tick: Option<Duration>,
+    /// Shard threads, each with its own ring and listener [default: cores]
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Largest frame payload accepted [default: 1024]
+    #[arg(long, value_name = "BYTES")]
+    pub max_payload: Option<u32>,
+    /// Most concurrent connections; more get CLOSE(OVERLOADED) [default: 1048576]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Send a PING to connections silent for one interval
+    #[arg(long)]
+    pub probe: bool,
+    /// Serve Prometheus text at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Append online/offline events as JSON lines to PATH
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+    /// Kernel keepalive on accepted sockets, e.g. 60s,10s,5
+    #[arg(long, value_name = "IDLE,INTVL,CNT")]
+    pub tcp_keepalive: Option<Keepalive>,
+    /// TCP_USER_TIMEOUT on accepted sockets
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub tcp_user_timeout: Option<Duration>,
+    /// auto, fast (kernel 6.0+) or compat (kernel 5.10 path) [default: auto]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub io_mode: Option<IoMode>,
+    /// TOML file with the same keys as the flags (flags win)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The TOML file. Keys are the flag names with `_` for `-`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<Vec<SocketAddr>>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub tick: Option<Duration>,
+    pub shards: Option<usize>,
+    pub max_payload: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub probe: Option<bool>,
+    pub metrics: Option<SocketAddr>,
+    pub events: Option<PathBuf>,
+    pub tcp_keepalive: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub tcp_user_timeout: Option<Duration>,
+    pub io_mode: Option<IoMode>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_interval: Option<Duration>,
+    pub recv_buffers: Option<u32>,
+    pub send_chunks: Option<u32>,
+}
+
+/// Bad flags or configuration. The binary prints it on one line and exits 2.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Checked settings of one server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub tick: Duration,
+    pub shards: usize,
+    pub max_payload: u32,
+    pub max_connections: u32,
+    pub probe: bool,
+    pub metrics: Option<SocketAddr>,
+    pub events: Option<PathBuf>,
+    pub tcp_keepalive: Option<Keepalive>,
+    pub tcp_user_timeout: Option<Duration>,
+    pub io_mode: IoMode,
+    /// Smallest and largest interval a HELLO may ask for.
+    pub min_interval: Duration,
+    pub max_interval: Duration,
+    /// Receive buffers per shard (each [`crate::buf_ring::BUF_LEN`] bytes).
+    pub recv_buffers: u32,
+    /// Send chunks per shard (each [`crate::send_pool::CHUNK_LEN`] bytes).
+    pub send_chunks: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::resolve(ServeArgs::default()).expect("defaults are valid")
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Config {
+    /// Merges flags over the file named by `--config` (if any) over defaults,
+    /// then validates.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let keepalive = match (args.tcp_keepalive, file.tcp_keepalive) {
+            (Some(k), _) => Some(k),
+            (None, Some(s)) => Some(
+                s.parse()
+                    .map_err(|e| ConfigError::Invalid(format!("tcp_keepalive: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        let listen = if !args.listen.is_empty() {
+            args.listen
+        } else {
+            file.listen
+                .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")])
+        };
+        let config = Config {
+            listen,
+            interval: args.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL),
+            timeout: args.timeout.or(file.timeout).unwrap_or(DEFAULT_TIMEOUT),
+            tick: args.tick.or(file.tick).unwrap_or(DEFAULT_TICK),
+            shards: args.shards.or(file.shards).unwrap_or_else(cores),
+            max_payload: args
+                .max_payload
+                .or(file.max_payload)
+                .unwrap_or(DEFAULT_MAX_PAYLOAD),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            probe: args.probe || file.probe.unwrap_or(false),
+            metrics: args.metrics.or(file.metrics),
+            events: args.events.or(file.events),
+            tcp_keepalive: keepalive,
+            tcp_user_timeout: args.tcp_user_timeout.or(file.tcp_user_timeout),
+            io_mode: args.io_mode.or(file.io_mode).unwrap_or_default(),
+            min_interval: file.min_interval.unwrap_or(Duration::from_millis(100)),
+            max_interval: file.max_interval.unwrap_or(Duration::from_secs(3600)),
+            recv_buffers: file.recv_buffers.unwrap_or(1024),
+            send_chunks: file.send_chunks.unwrap_or(2048),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.is_empty() {
+            return bad("at least one --listen address is needed".into());
+        }
+        if !(TICK_MIN..=TICK_MAX).contains(&self.tick) {
+            return bad(format!(
+                "--tick must be within 1ms..=10s, got {:?}",
+                self.tick
+            ));
+        }
+        if self.interval < self.tick {
+            return bad(format!(
+                "--interval ({:?}) must be at least one --tick ({:?})",
+                self.interval, self.tick
+            ));
+        }
+        if self.timeout <= self.interval {
+            return bad(format!(
+                "--timeout ({:?}) must be longer than --interval ({:?})",
+                self.timeout, self.interval
+            ));
+        }
+        if self.timeout.as_millis() / self.tick.as_millis() > u128::from(TIMEOUT_TICKS_MAX) {
+            return bad("--timeout is too many ticks; raise --tick".into());
+        }
+        if self.timeout.as_millis() > u128::from(u32::MAX) {
+            return bad("--timeout must fit in u32 milliseconds".into());
+        }
+        if self.min_interval > self.interval || self.max_interval < self.interval {
+            return bad("min_interval <= interval <= max_interval must hold".into());
+        }
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return bad(format!("--shards must be within 1..={SHARDS_MAX}"));
+        }
+        if self.max_payload < MIN_MAX_PAYLOAD {
+            return bad(format!(
+                "--max-payload must be at least {MIN_MAX_PAYLOAD} (a CLOSE with full text)"
+            ));
+        }
+        if self.max_payload > 16 << 20 {
+            return bad("--max-payload must be at most 16 MiB".into());
+        }
+        if self.max_connections == 0 {
+            return bad("--max-connections must be at least 1".into());
+        }
+        if !(16..=1 << 15).contains(&self.recv_buffers) || !self.recv_buffers.is_power_of_two() {
+            return bad("recv_buffers must be a power of two within 16..=32768".into());
+        }
+        if !(16..=1 << 20).contains(&self.send_chunks) {
+            return bad("send_chunks must be within 16..=1048576".into());
+        }
+        Ok(())
+    }
+
+    /// Timeout over interval: a HELLO's interval keeps this ratio.
+    pub fn timeout_ratio(&self) -> f64 {
+        self.timeout.as_secs_f64() / self.interval.as_secs_f64()
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::default();
+        assert_eq!(c.listen, vec!["127.0.0.1:7700".parse().unwrap()]);
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        assert_eq!(c.tick, Duration::from_millis(100));
+        assert_eq!(c.max_payload, 1024);
+        assert_eq!(c.io_mode, IoMode::Auto);
+        assert!(!c.probe);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(
+            &path,
+            "interval = \"2s\"\ntimeout = \"6s\"\nshards = 3\nprobe = true\ntcp_keepalive = \"60s,10s,5\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            shards: Some(5),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.shards, 5);
+        assert!(c.probe);
+        assert_eq!(c.tcp_keepalive.unwrap().count, 5);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "intervall = \"2s\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("intervall"), "{err}");
+    }
+
+    #[test]
+    fn rejects_timeout_not_above_interval() {
+        let err = Config::resolve(ServeArgs {
+            interval: Some(Duration::from_secs(5)),
+            timeout: Some(Duration::from_secs(5)),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--timeout"));
+    }
+
+    #[test]
+    fn keepalive_parses_and_rejects() {
+        let k: Keepalive = "60s,10s,5".parse().unwrap();
+        assert_eq!(k.idle, Duration::from_secs(60));
+        assert!("60s,10s".parse::<Keepalive>().is_err());
+        assert!("60s,10s,0".parse::<Keepalive>().is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! ringbeat: a Linux TCP heartbeat server that holds a million connections on
+//! one box and tells, within a tick, which peers have gone silent.
+//!
+//! The crate is split the way the kernel concepts are: `protocol` (wire v1,
+//! no I/O), `config`, and — added as they land — the sans-IO shard core, the
+//! io_uring driver, the server, stats and the client library.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod protocol;
