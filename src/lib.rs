@@ -9,3 +9,5 @@
 
 pub mod config;
 pub mod protocol;
+#[allow(unsafe_code)]
+pub mod ring;
