@@ -8,6 +8,15 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod conn_table;
+pub mod engine;
+pub mod events;
+pub mod heartbeat;
 pub mod protocol;
+pub mod registry;
 #[allow(unsafe_code)]
 pub mod ring;
+pub mod send_pool;
+pub mod stash;
+pub mod stats;
+pub mod user_data;

@@ -1,0 +1,265 @@
+//! Flat per-shard connection state: one array per field, indexed by slot (the
+//! io_uring fixed-file index in fast mode). No per-connection heap objects.
+//!
+//! Bytes per connection (capacity, not just live entries):
+//!
+//! | array            | type | bytes |
+//! |------------------|------|------:|
+//! | `last_seen_tick` | u32  | 4 |
+//! | `timeout_ticks`  | u32  | 4 |
+//! | `generation`     | u32  | 4 |
+//! | `state`          | u8   | 1 |
+//! | `flags`          | u8   | 1 |
+//! | `client_id`      | u64  | 8 |
+//! | `partial`        | u32  | 4 |
+//! | `send_head`      | u32  | 4 |
+//! | total            |      | 30 |
+//!
+//! Peer addresses (6 bytes) are kept only when events are wanted.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// Most slots one shard may have (session ids carry 22 bits of slot).
+pub const SLOTS_MAX: u32 = 1 << 22;
+/// "No index" in `partial` and `send_head`.
+pub const NONE: u32 = u32::MAX;
+/// `timeout_ticks` of a free or closing slot: the sweep never evicts it.
+pub const TIMEOUT_NEVER: u32 = u32::MAX;
+/// User-space bytes per connection slot, without peer addresses.
+pub const BYTES_PER_SLOT: usize = 4 + 4 + 4 + 1 + 1 + 8 + 4 + 4;
+/// Extra bytes per slot when peer addresses are kept.
+pub const PEER_BYTES_PER_SLOT: usize = 6;
+
+/// Lifecycle of a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Free = 0,
+    /// Accepted and live: frames are parsed, the sweep watches it.
+    Open = 1,
+    /// Being closed: in-flight operations drain, then the descriptor closes.
+    Closing = 2,
+}
+
+/// Bits of `flags`.
+pub mod flag {
+    /// A receive is armed (its completion is still to come).
+    pub const RECV_ARMED: u8 = 1 << 0;
+    /// A send is in flight.
+    pub const SEND_INFLIGHT: u8 = 1 << 1;
+    /// A server probe PING was sent and no frame has arrived since.
+    pub const PROBED: u8 = 1 << 2;
+    /// At least one complete frame arrived (HELLO is no longer allowed).
+    pub const SEEN_FRAME: u8 = 1 << 3;
+    /// An "online" event was emitted (so "offline" will be too).
+    pub const ONLINE: u8 = 1 << 4;
+    /// This connection holds its `client_id` in the registry (or asked to).
+    pub const CLAIMED: u8 = 1 << 5;
+    /// The close descriptor op was submitted.
+    pub const CLOSE_SUBMITTED: u8 = 1 << 6;
+    /// The peer sent CLOSE or EOF: do not send it anything more.
+    pub const PEER_DONE: u8 = 1 << 7;
+}
+
+/// The per-shard flat arrays.
+#[derive(Debug)]
+pub struct ConnTable {
+    pub last_seen_tick: Vec<u32>,
+    pub timeout_ticks: Vec<u32>,
+    pub generation: Vec<u32>,
+    state: Vec<State>,
+    pub flags: Vec<u8>,
+    pub client_id: Vec<u64>,
+    /// Index into the partial-frame stash, or [`NONE`].
+    pub partial: Vec<u32>,
+    /// First queued send chunk, or [`NONE`].
+    pub send_head: Vec<u32>,
+    peer_ip: Vec<u32>,
+    peer_port: Vec<u16>,
+    /// One past the highest slot ever opened: the sweep scans `0..high_water`.
+    high_water: u32,
+    open_count: u32,
+}
+
+impl ConnTable {
+    /// A table of `capacity` slots. `generation_base` seeds generations so
+    /// session ids differ between runs.
+    pub fn new(capacity: u32, keep_peers: bool, generation_base: u32) -> ConnTable {
+        assert!(capacity > 0 && capacity <= SLOTS_MAX, "capacity {capacity}");
+        let n = capacity as usize;
+        let peers = if keep_peers { n } else { 0 };
+        ConnTable {
+            last_seen_tick: vec![0; n],
+            timeout_ticks: vec![TIMEOUT_NEVER; n],
+            generation: vec![generation_base; n],
+            state: vec![State::Free; n],
+            flags: vec![0; n],
+            client_id: vec![0; n],
+            partial: vec![NONE; n],
+            send_head: vec![NONE; n],
+            peer_ip: vec![0; peers],
+            peer_port: vec![0; peers],
+            high_water: 0,
+            open_count: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.state.len() as u32
+    }
+
+    /// Slots in state Open or Closing.
+    pub fn open_count(&self) -> u32 {
+        self.open_count
+    }
+
+    pub fn high_water(&self) -> u32 {
+        self.high_water
+    }
+
+    pub fn state(&self, slot: u32) -> State {
+        self.state[slot as usize]
+    }
+
+    /// Bytes this table holds in user space.
+    pub fn bytes(&self) -> usize {
+        self.state.len() * BYTES_PER_SLOT + self.peer_ip.len() * PEER_BYTES_PER_SLOT
+    }
+
+    /// Takes a free slot into use. Returns its new generation.
+    pub fn open(
+        &mut self,
+        slot: u32,
+        now_tick: u32,
+        timeout_ticks: u32,
+        peer: Option<SocketAddr>,
+    ) -> u32 {
+        let i = slot as usize;
+        assert_eq!(self.state[i], State::Free, "open of busy slot {slot}");
+        debug_assert!(self.partial[i] == NONE && self.send_head[i] == NONE);
+        self.generation[i] = self.generation[i].wrapping_add(1);
+        self.state[i] = State::Open;
+        self.flags[i] = 0;
+        self.last_seen_tick[i] = now_tick;
+        self.timeout_ticks[i] = timeout_ticks;
+        self.client_id[i] = 0;
+        if !self.peer_ip.is_empty() {
+            let (ip, port) = match peer {
+                Some(SocketAddr::V4(v4)) => (u32::from(*v4.ip()), v4.port()),
+                _ => (0, 0),
+            };
+            self.peer_ip[i] = ip;
+            self.peer_port[i] = port;
+        }
+        self.high_water = self.high_water.max(slot + 1);
+        self.open_count += 1;
+        self.generation[i]
+    }
+
+    /// Open → Closing.
+    pub fn begin_close(&mut self, slot: u32) {
+        let i = slot as usize;
+        assert_eq!(self.state[i], State::Open, "close of slot {slot} not open");
+        self.state[i] = State::Closing;
+        self.timeout_ticks[i] = TIMEOUT_NEVER;
+    }
+
+    /// Closing → Free. The caller has released the stash and send queue.
+    pub fn free(&mut self, slot: u32) {
+        let i = slot as usize;
+        assert_eq!(
+            self.state[i],
+            State::Closing,
+            "free of slot {slot} not closing"
+        );
+        assert!(self.partial[i] == NONE && self.send_head[i] == NONE);
+        self.state[i] = State::Free;
+        self.flags[i] = 0;
+        self.open_count -= 1;
+        // Let the sweep stop early once the top slots are free.
+        while self.high_water > 0 && self.state[self.high_water as usize - 1] == State::Free {
+            self.high_water -= 1;
+        }
+    }
+
+    pub fn is_current(&self, slot: u32, generation: u32) -> bool {
+        (slot as usize) < self.state.len()
+            && self.state[slot as usize] != State::Free
+            && self.generation[slot as usize] == generation
+    }
+
+    pub fn has(&self, slot: u32, bit: u8) -> bool {
+        self.flags[slot as usize] & bit != 0
+    }
+
+    pub fn set(&mut self, slot: u32, bit: u8) {
+        self.flags[slot as usize] |= bit;
+    }
+
+    pub fn clear(&mut self, slot: u32, bit: u8) {
+        self.flags[slot as usize] &= !bit;
+    }
+
+    /// The peer address, if peers are kept (IPv4 only; IPv6 peers read as
+    /// unspecified).
+    pub fn peer(&self, slot: u32) -> Option<SocketAddr> {
+        let i = slot as usize;
+        (!self.peer_ip.is_empty()).then(|| {
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(self.peer_ip[i]),
+                self.peer_port[i],
+            ))
+        })
+    }
+}
+
+/// A session id names one connection for its lifetime: shard (10 bits),
+/// slot (22 bits), generation (32 bits). Derived, so it costs no storage.
+pub fn session_id(shard: u16, slot: u32, generation: u32) -> u64 {
+    debug_assert!(shard < 1 << 10 && slot < SLOTS_MAX);
+    (u64::from(shard) << 54) | (u64::from(slot) << 32) | u64::from(generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_and_high_water() {
+        let mut t = ConnTable::new(8, true, 0);
+        let g = t.open(3, 10, 300, Some("127.0.0.9:4000".parse().unwrap()));
+        assert_eq!(g, 1);
+        assert!(t.is_current(3, 1));
+        assert_eq!(t.high_water(), 4);
+        assert_eq!(t.peer(3), Some("127.0.0.9:4000".parse().unwrap()));
+        t.begin_close(3);
+        assert!(t.is_current(3, 1));
+        t.free(3);
+        assert!(!t.is_current(3, 1));
+        assert_eq!(t.high_water(), 0);
+        assert_eq!(t.open(3, 11, 300, None), 2, "generation advances on reuse");
+    }
+
+    #[test]
+    fn bytes_per_slot_within_budget() {
+        const _: () = assert!(BYTES_PER_SLOT <= 32);
+        let t = ConnTable::new(1000, false, 0);
+        assert_eq!(t.bytes(), 1000 * BYTES_PER_SLOT);
+    }
+
+    #[test]
+    fn sessions_differ_by_each_part() {
+        let a = session_id(1, 2, 3);
+        assert_ne!(a, session_id(0, 2, 3));
+        assert_ne!(a, session_id(1, 3, 3));
+        assert_ne!(a, session_id(1, 2, 4));
+    }
+
+    #[test]
+    #[should_panic(expected = "open of busy slot")]
+    fn double_open_is_a_crash() {
+        let mut t = ConnTable::new(2, false, 0);
+        t.open(0, 0, 1, None);
+        t.open(0, 0, 1, None);
+    }
+}

@@ -1,0 +1,340 @@
+//! Counters, histograms and their Prometheus text. Counters and gauges are
+//! prometheus-client metrics, resolved per label once at start-up so the hot
+//! path is one relaxed atomic add. The two latency histograms are recorded in
+//! hdrhistogram (per shard, merged once per tick) and rendered as Prometheus
+//! histograms with fixed bucket bounds.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::events::OfflineReason;
+use crate::protocol::Kind;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// Upper bounds (seconds) of the sweep-duration buckets.
+const SWEEP_BUCKETS_S: [f64; 10] = [1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5];
+/// Upper bounds (seconds) of the probe-RTT buckets.
+const RTT_BUCKETS_S: [f64; 10] = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0];
+
+/// Process-wide metrics. Shards hold a [`ShardStats`] of pre-resolved handles.
+#[derive(Debug)]
+pub struct Stats {
+    registry: Registry,
+    pub connections: Gauge,
+    shard_connections: Family<ShardLabel, Gauge>,
+    pub accepted: Counter,
+    pub evicted: Counter,
+    closed: Family<ReasonLabel, Counter>,
+    frames: Family<KindLabel, Counter>,
+    pub protocol_errors: Counter,
+    pub probes_sent: Counter,
+    pub recv_no_buffers: Counter,
+    pub send_pool_exhausted: Counter,
+    pub stash_exhausted: Counter,
+    pub io_errors: Counter,
+    pub events_dropped: Gauge,
+    /// Sweep durations in nanoseconds.
+    sweep_ns: Mutex<Histogram<u64>>,
+    /// Probe round trips in microseconds.
+    rtt_us: Mutex<Histogram<u64>>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid bounds")
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        let mut s = Stats {
+            registry: Registry::default(),
+            connections: Gauge::default(),
+            shard_connections: Family::default(),
+            accepted: Counter::default(),
+            evicted: Counter::default(),
+            closed: Family::default(),
+            frames: Family::default(),
+            protocol_errors: Counter::default(),
+            probes_sent: Counter::default(),
+            recv_no_buffers: Counter::default(),
+            send_pool_exhausted: Counter::default(),
+            stash_exhausted: Counter::default(),
+            io_errors: Counter::default(),
+            events_dropped: Gauge::default(),
+            sweep_ns: Mutex::new(histogram()),
+            rtt_us: Mutex::new(histogram()),
+        };
+        s.register();
+        s
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "ringbeat_connections",
+            "Live connections",
+            self.connections.clone(),
+        );
+        r.register(
+            "ringbeat_shard_connections",
+            "Live connections per shard",
+            self.shard_connections.clone(),
+        );
+        r.register(
+            "ringbeat_accepted",
+            "Connections accepted",
+            self.accepted.clone(),
+        );
+        r.register(
+            "ringbeat_evicted",
+            "Connections evicted by the sweep",
+            self.evicted.clone(),
+        );
+        r.register(
+            "ringbeat_closed",
+            "Connections ended, by reason",
+            self.closed.clone(),
+        );
+        r.register(
+            "ringbeat_frames_received",
+            "Complete valid frames, by kind",
+            self.frames.clone(),
+        );
+        r.register(
+            "ringbeat_protocol_errors",
+            "Connections ended by bad input",
+            self.protocol_errors.clone(),
+        );
+        r.register(
+            "ringbeat_probes_sent",
+            "Server probe PINGs",
+            self.probes_sent.clone(),
+        );
+        r.register(
+            "ringbeat_recv_no_buffers",
+            "Receives re-armed after ENOBUFS",
+            self.recv_no_buffers.clone(),
+        );
+        r.register(
+            "ringbeat_send_pool_exhausted",
+            "Connections closed because the shard's send chunks ran out",
+            self.send_pool_exhausted.clone(),
+        );
+        r.register(
+            "ringbeat_stash_exhausted",
+            "Connections closed because the partial-frame stash ran out",
+            self.stash_exhausted.clone(),
+        );
+        r.register(
+            "ringbeat_io_errors",
+            "Unexpected I/O errors",
+            self.io_errors.clone(),
+        );
+        r.register(
+            "ringbeat_events_dropped",
+            "Events dropped: consumer too slow",
+            self.events_dropped.clone(),
+        );
+    }
+
+    /// Handles for shard `shard`, resolved once.
+    pub fn for_shard(&self, shard: u16) -> ShardStats {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
+        ShardStats {
+            connections: self.connections.clone(),
+            shard_connections: self.shard_connections.get_or_create(&label).clone(),
+            accepted: self.accepted.clone(),
+            evicted: self.evicted.clone(),
+            closed: OfflineReason::ALL.map(|r| {
+                self.closed
+                    .get_or_create(&ReasonLabel {
+                        reason: r.name().into(),
+                    })
+                    .clone()
+            }),
+            frames: Kind::ALL.map(|k| {
+                self.frames
+                    .get_or_create(&KindLabel {
+                        kind: k.name().into(),
+                    })
+                    .clone()
+            }),
+            protocol_errors: self.protocol_errors.clone(),
+            probes_sent: self.probes_sent.clone(),
+            recv_no_buffers: self.recv_no_buffers.clone(),
+            send_pool_exhausted: self.send_pool_exhausted.clone(),
+            stash_exhausted: self.stash_exhausted.clone(),
+            io_errors: self.io_errors.clone(),
+            sweep_ns: histogram(),
+            rtt_us: histogram(),
+        }
+    }
+
+    /// Merges a shard's local histograms and clears them.
+    pub fn absorb(&self, shard: &mut ShardStats) {
+        if !shard.sweep_ns.is_empty() {
+            let mut h = self.sweep_ns.lock().expect("stats lock");
+            let _ = h.add(&shard.sweep_ns);
+            shard.sweep_ns.reset();
+        }
+        if !shard.rtt_us.is_empty() {
+            let mut h = self.rtt_us.lock().expect("stats lock");
+            let _ = h.add(&shard.rtt_us);
+            shard.rtt_us.reset();
+        }
+    }
+
+    /// Sweep duration quantile in nanoseconds (for logs and tests).
+    pub fn sweep_ns_quantile(&self, q: f64) -> u64 {
+        self.sweep_ns
+            .lock()
+            .expect("stats lock")
+            .value_at_quantile(q)
+    }
+
+    /// The whole exposition in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .expect("encoding to a String cannot fail");
+        let h = self.sweep_ns.lock().expect("stats lock");
+        render_histogram(
+            &mut out,
+            "ringbeat_sweep_duration_seconds",
+            "Duration of one shard's sweep",
+            &h,
+            1e-9,
+            &SWEEP_BUCKETS_S,
+        );
+        drop(h);
+        let h = self.rtt_us.lock().expect("stats lock");
+        render_histogram(
+            &mut out,
+            "ringbeat_probe_rtt_seconds",
+            "Round trip of server probes",
+            &h,
+            1e-6,
+            &RTT_BUCKETS_S,
+        );
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+fn render_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    h: &Histogram<u64>,
+    unit_s: f64,
+    bounds_s: &[f64],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} histogram");
+    for &le in bounds_s {
+        let limit = (le / unit_s) as u64;
+        let count: u64 = h
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() <= limit)
+            .map(|v| v.count_at_value())
+            .sum();
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+    let sum: f64 = h
+        .iter_recorded()
+        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+        .sum();
+    let _ = writeln!(out, "{name}_sum {}", sum * unit_s);
+    let _ = writeln!(out, "{name}_count {}", h.len());
+}
+
+/// One shard's handles: atomics shared with [`Stats`], histograms local.
+#[derive(Debug)]
+pub struct ShardStats {
+    pub connections: Gauge,
+    pub shard_connections: Gauge,
+    pub accepted: Counter,
+    pub evicted: Counter,
+    closed: [Counter; 9],
+    frames: [Counter; 6],
+    pub protocol_errors: Counter,
+    pub probes_sent: Counter,
+    pub recv_no_buffers: Counter,
+    pub send_pool_exhausted: Counter,
+    pub stash_exhausted: Counter,
+    pub io_errors: Counter,
+    pub sweep_ns: Histogram<u64>,
+    pub rtt_us: Histogram<u64>,
+}
+
+impl ShardStats {
+    pub fn frame(&self, kind: Kind) {
+        self.frames[kind as usize - 1].inc();
+    }
+
+    pub fn closed(&self, reason: OfflineReason) {
+        let i = OfflineReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
+        self.closed[i].inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_contract_names() {
+        let stats = Stats::new();
+        let mut shard = stats.for_shard(0);
+        shard.frame(Kind::Ping);
+        shard.closed(OfflineReason::Timeout);
+        shard.sweep_ns.record(20_000).unwrap();
+        stats.absorb(&mut shard);
+        let text = stats.render();
+        for name in [
+            "ringbeat_connections ",
+            "ringbeat_shard_connections{shard=\"0\"}",
+            "ringbeat_accepted_total",
+            "ringbeat_evicted_total",
+            "ringbeat_closed_total{reason=\"timeout\"} 1",
+            "ringbeat_frames_received_total{kind=\"ping\"} 1",
+            "ringbeat_protocol_errors_total",
+            "ringbeat_sweep_duration_seconds_bucket{le=\"0.00005\"} 1",
+            "ringbeat_sweep_duration_seconds_count 1",
+            "ringbeat_probe_rtt_seconds_count 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
