@@ -240,13 +240,13 @@ mod tests {
 
     #[test]
     fn slow_consumer_and_exhaustion_are_reported() {
-        let mut pool = SendPool::new(64);
+        let mut pool = SendPool::new(40);
         let mut head = NONE;
         let big = vec![0u8; CHUNK_LEN * usize::from(QUEUE_CHUNKS_MAX)];
         pool.queue(&mut head, &big).unwrap();
         assert_eq!(pool.queue(&mut head, b"x"), Err(QueueError::SlowConsumer));
         let mut other = NONE;
-        let rest = vec![0u8; CHUNK_LEN * 33];
+        let rest = vec![0u8; CHUNK_LEN * 9];
         assert_eq!(
             pool.queue(&mut other, &rest),
             Err(QueueError::PoolExhausted)
