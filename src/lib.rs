@@ -7,6 +7,8 @@
 
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod buf_ring;
 pub mod config;
 pub mod conn_table;
 pub mod engine;

@@ -1,3 +1,334 @@
-//! io_uring: setup, feature probe and SQE builders. This module tree is the
-//! crate's unsafe fence: every `unsafe` block in ringbeat lives under
-//! `src/ring/` or `src/buf_ring.rs`, each with a `// SAFETY:` comment.
+//! io_uring: feature probe, ring setup and SQE builders. This module tree and
+//! `buf_ring` are the crate's unsafe fence: every `unsafe` block in ringbeat
+//! lives there, each with a `// SAFETY:` comment.
+//!
+//! [`Ring`] owns every piece of memory it hands the kernel — send chunks,
+//! receive buffers, accept addresses, the tick timespec, the wake counter —
+//! so an SQE can never outlive what it points at while the ring lives. The
+//! shard drains all operations before dropping it; if it could not, `Drop`
+//! leaks the memory rather than free what the kernel may still write.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::buf_ring::{RecvBuffers, BGID, BUF_LEN};
+use crate::send_pool::SendPool;
+use crate::user_data::{Op, UserData};
+
+mod probe;
+pub use probe::Features;
+
+/// Single-shot accepts kept in flight per listener (each owns an address
+/// buffer, so the peer address is known).
+pub const ACCEPTS_PER_LISTENER: u32 = 16;
+/// Most listeners per shard (listener index lives in 24 − 8 bits).
+pub const LISTENERS_MAX: usize = 64;
+
+/// A descriptor as the ring addresses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fd {
+    /// Index in the ring's fixed-file table (a direct descriptor).
+    Fixed(u32),
+    Raw(RawFd),
+}
+
+/// One completion, copied out of the CQ.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion {
+    pub user_data: u64,
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Completion {
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    pub fn buffer_id(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+}
+
+#[repr(C)]
+struct AcceptAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+/// A shard's io_uring and the memory its operations use.
+pub struct Ring {
+    // Field order matters: `uring` drops first, so the kernel is done with
+    // the memory below before it is freed.
+    uring: IoUring,
+    pub sends: SendPool,
+    pub recv: RecvBuffers,
+    accept_addrs: Box<[AcceptAddr]>,
+    timespec: Box<types::Timespec>,
+    wake_buf: Box<u64>,
+    /// Operations submitted whose last completion has not arrived.
+    pub inflight: usize,
+    cqes: Vec<Completion>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("inflight", &self.inflight)
+            .finish()
+    }
+}
+
+/// How to set up a ring.
+#[derive(Clone, Copy, Debug)]
+pub struct RingSetup {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    /// Fixed-file table size (fast mode), or `None` for regular fds.
+    pub fixed_files: Option<u32>,
+    /// Use a registered buffer ring (fast) rather than PROVIDE_BUFFERS.
+    pub buf_ring: bool,
+    pub recv_buffers: u16,
+    pub send_chunks: u32,
+    pub listeners: usize,
+}
+
+fn fixed(entry: squeue::Entry, fd: Fd) -> squeue::Entry {
+    match fd {
+        Fd::Fixed(_) => entry.flags(squeue::Flags::FIXED_FILE),
+        Fd::Raw(_) => entry,
+    }
+}
+
+fn raw(fd: Fd) -> types::Fd {
+    match fd {
+        Fd::Fixed(i) => types::Fd(i as RawFd),
+        Fd::Raw(f) => types::Fd(f),
+    }
+}
+
+impl Ring {
+    pub fn new(setup: RingSetup) -> io::Result<Ring> {
+        assert!(setup.listeners <= LISTENERS_MAX);
+        let uring = IoUring::builder()
+            .setup_cqsize(setup.cq_entries)
+            .build(setup.sq_entries)?;
+        if !uring.params().is_feature_nodrop() {
+            return Err(io::Error::other(
+                "io_uring lacks IORING_FEAT_NODROP (kernel < 5.5)",
+            ));
+        }
+        if let Some(n) = setup.fixed_files {
+            uring.submitter().register_files_sparse(n)?;
+        }
+        let recv = RecvBuffers::new(setup.recv_buffers, setup.buf_ring.then_some(&uring))?;
+        let addrs = setup.listeners * ACCEPTS_PER_LISTENER as usize;
+        let mut ring = Ring {
+            uring,
+            sends: SendPool::new(setup.send_chunks),
+            recv,
+            // SAFETY: sockaddr_storage and socklen_t are plain C data for
+            // which all-zero bytes are a valid value.
+            accept_addrs: (0..addrs).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            timespec: Box::new(types::Timespec::new()),
+            wake_buf: Box::new(0),
+            inflight: 0,
+            cqes: Vec::with_capacity(setup.cq_entries as usize),
+        };
+        if !setup.buf_ring {
+            ring.provide_all_buffers()?;
+        }
+        Ok(ring)
+    }
+
+    /// Pushes one SQE, submitting first if the SQ is full.
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry built by this module points only at memory
+            // owned by `self` (send arena, receive arena, accept addresses,
+            // timespec, wake counter) or at nothing; that memory lives until
+            // the ring is dropped, and the ring is dropped first.
+            let pushed = unsafe { self.uring.submission().push(&entry) };
+            if pushed.is_ok() {
+                self.inflight += 1;
+                return Ok(());
+            }
+            self.uring.submit()?;
+        }
+    }
+
+    fn provide_all_buffers(&mut self) -> io::Result<()> {
+        let count = self.recv.count();
+        let addr = self.recv.addr(0);
+        let entry = opcode::ProvideBuffers::new(addr, BUF_LEN as i32, count, BGID, 0)
+            .build()
+            .user_data(UserData::new(Op::ProvideBuffers, 0, 0).encode());
+        self.push(entry)
+    }
+
+    /// Returns receive buffer `bid` to the kernel.
+    pub fn return_buffer(&mut self, bid: u16) -> io::Result<()> {
+        if self.recv.is_ring() {
+            self.recv.give_back(bid);
+            return Ok(());
+        }
+        let addr = self.recv.addr(bid);
+        let entry = opcode::ProvideBuffers::new(addr, BUF_LEN as i32, 1, BGID, bid)
+            .build()
+            .user_data(UserData::new(Op::ProvideBuffers, 0, 0).encode());
+        self.push(entry)
+    }
+
+    /// Multishot accept; with `direct`, into an auto-allocated fixed slot.
+    pub fn accept_multi(&mut self, listener: RawFd, index: u32, direct: bool) -> io::Result<()> {
+        let entry = opcode::AcceptMulti::new(types::Fd(listener))
+            .allocate_file_index(direct)
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(UserData::new(Op::AcceptMulti, index, 0).encode());
+        self.push(entry)
+    }
+
+    /// Single-shot accept that records the peer address in buffer `addr`.
+    pub fn accept(
+        &mut self,
+        listener: RawFd,
+        index: u32,
+        addr: u32,
+        direct: bool,
+    ) -> io::Result<()> {
+        let a = &mut self.accept_addrs[(index * ACCEPTS_PER_LISTENER + addr) as usize];
+        a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let storage = std::ptr::addr_of_mut!(a.storage).cast::<libc::sockaddr>();
+        let mut op =
+            opcode::Accept::new(types::Fd(listener), storage, &mut a.len).flags(libc::SOCK_CLOEXEC);
+        if direct {
+            op = op.file_index(Some(types::DestinationSlot::auto_target()));
+        }
+        let ud = UserData::new(Op::Accept, (index << 8) | addr, 0);
+        self.push(op.build().user_data(ud.encode()))
+    }
+
+    /// The peer address a completed single-shot accept wrote.
+    pub fn accept_peer(&self, index: u32, addr: u32) -> Option<SocketAddr> {
+        let a = &self.accept_addrs[(index * ACCEPTS_PER_LISTENER + addr) as usize];
+        socket2_addr(&a.storage, a.len)
+    }
+
+    /// Receive into a kernel-picked buffer: multishot (fast) or single-shot.
+    pub fn recv(&mut self, fd: Fd, slot: u32, generation: u32, multishot: bool) -> io::Result<()> {
+        let entry = if multishot {
+            opcode::RecvMulti::new(raw(fd), BGID).build()
+        } else {
+            opcode::Recv::new(raw(fd), std::ptr::null_mut(), BUF_LEN as u32)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        };
+        let ud = UserData::new(Op::Recv, slot, generation);
+        self.push(fixed(entry, fd).user_data(ud.encode()))
+    }
+
+    /// Sends the unsent part of the head chunk of `slot`'s queue.
+    pub fn send(&mut self, fd: Fd, slot: u32, generation: u32, head: u32) -> io::Result<()> {
+        let (_, range) = self.sends.start_send(head).expect("queue not empty");
+        let ptr = self.sends.arena()[range.clone()].as_ptr();
+        let entry = opcode::Send::new(raw(fd), ptr, range.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        let ud = UserData::new(Op::Send, slot, generation);
+        self.push(fixed(entry, fd).user_data(ud.encode()))
+    }
+
+    /// Cancels the operation whose user_data is `target`.
+    pub fn cancel(&mut self, target: UserData) -> io::Result<()> {
+        let ud = UserData::new(Op::Cancel, target.slot, target.generation);
+        self.push(
+            opcode::AsyncCancel::new(target.encode())
+                .build()
+                .user_data(ud.encode()),
+        )
+    }
+
+    /// Closes a connection's descriptor.
+    pub fn close(&mut self, fd: Fd, slot: u32, generation: u32) -> io::Result<()> {
+        let entry = match fd {
+            Fd::Fixed(i) => opcode::Close::new(types::Fixed(i)).build(),
+            Fd::Raw(f) => opcode::Close::new(types::Fd(f)).build(),
+        };
+        let ud = UserData::new(Op::Close, slot, generation);
+        self.push(entry.user_data(ud.encode()))
+    }
+
+    /// Arms the tick timer to fire after `after`.
+    pub fn tick_after(&mut self, after: Duration) -> io::Result<()> {
+        *self.timespec = types::Timespec::from(after);
+        let ts: *const types::Timespec = &*self.timespec;
+        let entry = opcode::Timeout::new(ts).build();
+        self.push(entry.user_data(UserData::new(Op::Tick, 0, 0).encode()))
+    }
+
+    /// Reads the wake eventfd (completes when another thread writes it).
+    pub fn wake_read(&mut self, eventfd: RawFd) -> io::Result<()> {
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(types::Fd(eventfd), buf.cast(), 8).build();
+        self.push(entry.user_data(UserData::new(Op::Wake, 0, 0).encode()))
+    }
+
+    /// Submits and waits for at least `want` completions, then copies every
+    /// available completion out. EINTR and EBUSY count as zero waited.
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<&[Completion]> {
+        match self.uring.submit_and_wait(want) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        self.cqes.clear();
+        for cqe in self.uring.completion() {
+            if !cqueue::more(cqe.flags()) {
+                self.inflight -= 1;
+            }
+            self.cqes.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
+        }
+        Ok(&self.cqes)
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.inflight > 0 {
+            // The kernel may still write into our buffers after the ring fd
+            // closes; leak them rather than free memory in use.
+            tracing::warn!(
+                inflight = self.inflight,
+                "ring dropped with operations in flight; leaking its buffers"
+            );
+            let sends = std::mem::replace(&mut self.sends, SendPool::new(1));
+            std::mem::forget(sends);
+            let addrs = std::mem::take(&mut self.accept_addrs);
+            std::mem::forget(addrs);
+            let recv = RecvBuffers::new(1, None).expect("plain buffers");
+            std::mem::forget(std::mem::replace(&mut self.recv, recv));
+            std::mem::forget(std::mem::replace(
+                &mut self.timespec,
+                Box::new(types::Timespec::new()),
+            ));
+            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        }
+    }
+}
+
+fn socket2_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    // SAFETY: `storage` is a sockaddr_storage the kernel filled with `len`
+    // valid bytes (len ≤ its size, checked by SockAddr::new's contract).
+    let addr = unsafe { socket2::SockAddr::new(*storage, len) };
+    addr.as_socket()
+}
