@@ -32,6 +32,10 @@ struct RingMem {
     layout: Layout,
 }
 
+// SAFETY: the ring memory is owned by exactly one RecvBuffers, which moves
+// with its Ring to the shard thread and is never shared between threads.
+unsafe impl Send for RingMem {}
+
 impl RecvBuffers {
     /// `count` buffers (a power of two ≤ 32768). With `uring`, registers a
     /// buffer ring and offers every buffer through it (fast mode).

@@ -14,11 +14,14 @@ pub mod conn_table;
 pub mod engine;
 pub mod events;
 pub mod heartbeat;
+pub mod metrics_http;
 pub mod protocol;
 pub mod registry;
 #[allow(unsafe_code)]
 pub mod ring;
 pub mod send_pool;
+pub mod server;
+pub mod shard;
 pub mod stash;
 pub mod stats;
 pub mod user_data;

@@ -179,6 +179,14 @@ impl SendPool {
         next != NONE
     }
 
+    /// The in-flight send failed: nothing more of this queue will be sent.
+    pub fn complete_send_failed(&mut self, head: &mut u32) {
+        let h = *head as usize;
+        assert!(self.meta[h].inflight, "failure for chunk {h} not in flight");
+        self.meta[h].inflight = false;
+        self.drop_queue(head);
+    }
+
     /// Frees a whole queue; its head must not be in flight.
     pub fn drop_queue(&mut self, head: &mut u32) {
         let mut c = *head;

@@ -332,3 +332,37 @@ fn socket2_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Optio
     let addr = unsafe { socket2::SockAddr::new(*storage, len) };
     addr.as_socket()
 }
+
+/// A new eventfd for waking a shard's ring from another thread.
+pub fn eventfd() -> io::Result<std::fs::File> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new fd.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    Ok(std::fs::File::from(unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft
+/// limit. The fixed-file table of each ring is capped by it.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit with cur <= max.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}

@@ -1,0 +1,395 @@
+//! Starts the shards and runs the control plane: picks the io mode, sizes
+//! each shard, binds one SO_REUSEPORT listener per shard and address, pins
+//! threads round-robin to cores, and carries control messages between shards
+//! over crossbeam channels (each paired with an eventfd that wakes the ring).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use crossbeam_channel::{Receiver, Sender};
+use socket2::{Domain, Socket, TcpKeepalive, Type};
+
+use crate::config::{Config, IoMode};
+use crate::conn_table::{ConnTable, SLOTS_MAX};
+use crate::engine::{Engine, EngineConfig};
+use crate::events::{self, Event, EventSender};
+use crate::heartbeat::Timing;
+use crate::registry::Control;
+use crate::ring::{self, Features, Ring, RingSetup};
+use crate::shard::{IoPlan, Shard, ShardSpec};
+use crate::stash::StashPool;
+use crate::stats::Stats;
+
+/// Most entries of one ring's fixed-file table (kernel IORING_MAX_FIXED_FILES).
+const FIXED_FILES_MAX: u64 = 1 << 20;
+/// Descriptors kept free for listeners, eventfds, the metrics socket, logs.
+const RESERVED_FDS: u64 = 64;
+
+/// Every shard's control-plane inbox and wake eventfd.
+#[derive(Debug)]
+pub struct Peers {
+    senders: Vec<Sender<Control>>,
+    wakers: Vec<std::fs::File>,
+}
+
+impl Peers {
+    /// Delivers `msg` to shard `to` and wakes its ring.
+    pub fn send(&self, to: u16, msg: Control) {
+        if self.senders[usize::from(to)].send(msg).is_ok() {
+            let _ = (&self.wakers[usize::from(to)]).write(&1u64.to_ne_bytes());
+        }
+    }
+}
+
+/// The io mode chosen at start-up, and why.
+#[derive(Clone, Debug)]
+pub struct ModeChoice {
+    pub plan: IoPlan,
+    pub reason: String,
+}
+
+/// Resolves `--io-mode` against what the kernel has.
+pub fn choose_mode(
+    requested: IoMode,
+    features: &Features,
+    events: bool,
+) -> anyhow::Result<ModeChoice> {
+    let fast = match (requested, features.fast_mode_ready()) {
+        (IoMode::Compat, _) => false,
+        (_, Ok(())) => true,
+        (IoMode::Fast, Err(why)) => bail!("--io-mode fast: {why}"),
+        (IoMode::Auto, Err(_)) => false,
+    };
+    if !fast {
+        features
+            .compat_mode_ready()
+            .map_err(|why| anyhow::anyhow!("no usable io_uring: {why}"))?;
+    }
+    let reason = match (requested, fast) {
+        (IoMode::Compat, _) => "compat: forced by --io-mode compat".to_owned(),
+        (_, true) => "fast: multishot recv, buffer ring and direct descriptors present".to_owned(),
+        (_, false) => format!(
+            "compat: {}",
+            features.fast_mode_ready().err().unwrap_or_default()
+        ),
+    };
+    // Multishot accept cannot report peer addresses, which events carry.
+    let plan = IoPlan {
+        fast,
+        multishot_accept: fast && !events,
+    };
+    Ok(ModeChoice { plan, reason })
+}
+
+/// Slots per shard: an even share of `max_connections` plus slack for
+/// uneven SO_REUSEPORT hashing, capped by the fd limit.
+pub fn slots_per_shard(config: &Config, fast: bool, nofile: u64) -> u32 {
+    let shards = config.shards as u64;
+    let share = u64::from(config.max_connections).div_ceil(shards);
+    let wanted = share + share / 8 + 64;
+    let cap = if fast {
+        nofile.saturating_sub(RESERVED_FDS).min(FIXED_FILES_MAX)
+    } else {
+        // Regular fds: all shards share one process-wide table.
+        nofile.saturating_sub(RESERVED_FDS) / shards
+    };
+    wanted.min(cap).min(u64::from(SLOTS_MAX)).max(1) as u32
+}
+
+fn listener(addr: SocketAddr, config: &Config) -> anyhow::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if let Some(k) = config.tcp_keepalive {
+        let ka = TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.count);
+        socket.set_tcp_keepalive(&ka)?;
+    }
+    if let Some(t) = config.tcp_user_timeout {
+        socket.set_tcp_user_timeout(Some(t))?;
+    }
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket.listen(65_535)?;
+    Ok(socket)
+}
+
+/// Binds every shard's listeners. Port 0 is resolved by shard 0 so all
+/// shards share the same port.
+fn bind_all(config: &Config) -> anyhow::Result<(Vec<Vec<Socket>>, Vec<SocketAddr>)> {
+    let mut per_shard: Vec<Vec<Socket>> = (0..config.shards).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for &addr in &config.listen {
+        let first = listener(addr, config)?;
+        let actual = first
+            .local_addr()?
+            .as_socket()
+            .context("listener address")?;
+        per_shard[0].push(first);
+        for shard in per_shard.iter_mut().skip(1) {
+            shard.push(listener(actual, config)?);
+        }
+        bound.push(actual);
+    }
+    Ok((per_shard, bound))
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    peers: Arc<Peers>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+    local_addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    stats: Arc<Stats>,
+    mode: ModeChoice,
+    capacity: u64,
+    events_writer: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server; events go to `config.events` if set.
+    pub fn start(config: Config) -> anyhow::Result<Server> {
+        let sink = match &config.events {
+            Some(path) => {
+                let (tx, rx) = events::channel();
+                let writer = events::spawn_file_writer(path, rx)
+                    .with_context(|| format!("cannot open events file {}", path.display()))?;
+                Some((tx, writer))
+            }
+            None => None,
+        };
+        let (tx, writer) = sink.unzip();
+        let mut server = Server::start_inner(config, tx)?;
+        server.events_writer = writer;
+        Ok(server)
+    }
+
+    /// Starts a server whose events a library user receives.
+    pub fn start_with_events(config: Config) -> anyhow::Result<(Server, Receiver<Event>)> {
+        let (tx, rx) = events::channel();
+        Ok((Server::start_inner(config, Some(tx))?, rx))
+    }
+
+    fn start_inner(config: Config, events: Option<EventSender>) -> anyhow::Result<Server> {
+        let features = Features::probe();
+        let mode = choose_mode(config.io_mode, &features, events.is_some())?;
+        let nofile = ring::raise_nofile_limit().context("RLIMIT_NOFILE")?;
+        let slots = slots_per_shard(&config, mode.plan.fast, nofile);
+        let capacity = u64::from(slots) * config.shards as u64;
+        tracing::info!(mode = %mode.reason, features = %features.summary(), "io mode");
+        tracing::info!(
+            shards = config.shards,
+            slots_per_shard = slots,
+            nofile,
+            "capacity {capacity} connections"
+        );
+        if capacity < u64::from(config.max_connections) {
+            tracing::warn!(
+                "can hold {capacity} connections, below --max-connections {}: {}",
+                config.max_connections,
+                if mode.plan.fast {
+                    "raise nofile or --shards (each ring's table is capped by RLIMIT_NOFILE)"
+                } else {
+                    "raise nofile"
+                }
+            );
+        }
+        let (listeners, local_addrs) = bind_all(&config)?;
+        let stats = Arc::new(Stats::new());
+        let metrics_addr = config
+            .metrics
+            .map(|addr| crate::metrics_http::spawn(addr, stats.clone()))
+            .transpose()
+            .context("cannot serve metrics")?;
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
+            .map(|_| crossbeam_channel::unbounded())
+            .unzip();
+        let wakers = (0..config.shards)
+            .map(|_| ring::eventfd())
+            .collect::<Result<Vec<_>, _>>()?;
+        let peers = Arc::new(Peers { senders, wakers });
+        let shared = Shared {
+            config: &config,
+            plan: mode.plan,
+            slots,
+            peers: &peers,
+            events: &events,
+            stats: &stats,
+            live_total: Arc::new(AtomicU32::new(0)),
+            start: Instant::now(),
+        };
+        let threads = spawn_shards(&shared, listeners, receivers)?;
+        Ok(Server {
+            peers,
+            threads,
+            local_addrs,
+            metrics_addr,
+            stats,
+            mode,
+            capacity,
+            events_writer: None,
+        })
+    }
+
+    /// The bound listen addresses (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn mode(&self) -> &ModeChoice {
+        &self.mode
+    }
+
+    /// Connections the shards can hold together.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// A handle that can stop the server from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            peers: self.peers.clone(),
+        }
+    }
+
+    /// Asks every shard to close all connections with CLOSE(SHUTDOWN).
+    pub fn shutdown(&self) {
+        self.shutdown_handle().shutdown();
+    }
+
+    /// Waits for every shard to finish.
+    pub fn join(self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_err = first_err.or(Some(anyhow::anyhow!("shard {i}: {e}"))),
+                Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("shard {i} panicked"))),
+            }
+        }
+        drop(self.peers);
+        if let Some(w) = self.events_writer {
+            let _ = w.join();
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Stops a server from any thread (signal handler thread, tests).
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    peers: Arc<Peers>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        for to in 0..self.peers.senders.len() {
+            self.peers.send(to as u16, Control::Shutdown);
+        }
+    }
+}
+
+/// What every shard shares at start-up.
+struct Shared<'a> {
+    config: &'a Config,
+    plan: IoPlan,
+    slots: u32,
+    peers: &'a Arc<Peers>,
+    events: &'a Option<EventSender>,
+    stats: &'a Arc<Stats>,
+    live_total: Arc<AtomicU32>,
+    start: Instant,
+}
+
+fn spawn_shards(
+    shared: &Shared<'_>,
+    listeners: Vec<Vec<Socket>>,
+    receivers: Vec<Receiver<Control>>,
+) -> anyhow::Result<Vec<JoinHandle<std::io::Result<()>>>> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::new();
+    for (id, (listeners, control_rx)) in listeners.into_iter().zip(receivers).enumerate() {
+        let spec = shard_spec(shared, id as u16, listeners, control_rx)
+            .with_context(|| format!("cannot set up shard {id}"))?;
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let t = std::thread::Builder::new()
+            .name(format!("ringbeat-shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                Shard::new(spec).run()
+            })?;
+        threads.push(t);
+    }
+    Ok(threads)
+}
+
+fn shard_spec(
+    shared: &Shared<'_>,
+    id: u16,
+    listeners: Vec<Socket>,
+    control_rx: Receiver<Control>,
+) -> anyhow::Result<ShardSpec> {
+    let config = shared.config;
+    let ring = Ring::new(RingSetup {
+        sq_entries: 2048,
+        cq_entries: 16_384,
+        fixed_files: shared.plan.fast.then_some(shared.slots),
+        buf_ring: shared.plan.fast,
+        recv_buffers: config.recv_buffers as u16,
+        send_chunks: config.send_chunks,
+        listeners: listeners.len(),
+    })?;
+    let events = shared.events.is_some();
+    let generation_base = (shared.start.elapsed().as_nanos() as u32).wrapping_mul(2_654_435_761)
+        ^ u32::from(id) << 20;
+    let engine = Engine::new(
+        EngineConfig {
+            shard: id,
+            shards: config.shards as u16,
+            timing: Timing::from_config(config),
+            max_payload: config.max_payload,
+            probe: config.probe,
+            max_connections: config.max_connections,
+            events,
+        },
+        ConnTable::new(shared.slots, events, generation_base),
+        StashPool::new((shared.slots / 4).max(64)),
+        shared.live_total.clone(),
+        shared.stats.for_shard(id),
+    );
+    let wake_fd = shared.peers.wakers[usize::from(id)].as_raw_fd();
+    Ok(ShardSpec {
+        id,
+        plan: shared.plan,
+        engine,
+        ring,
+        listeners,
+        control_rx,
+        wake_fd,
+        peers: shared.peers.clone(),
+        events: shared.events.clone(),
+        stats: shared.stats.clone(),
+        start: shared.start,
+        tick: config.tick,
+    })
+}
