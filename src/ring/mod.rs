@@ -185,9 +185,12 @@ impl Ring {
 
     /// Multishot accept; with `direct`, into an auto-allocated fixed slot.
     pub fn accept_multi(&mut self, listener: RawFd, index: u32, direct: bool) -> io::Result<()> {
+        // The kernel rejects SOCK_CLOEXEC with a direct descriptor (EINVAL):
+        // a fixed-file slot has no fd to close on exec.
+        let flags = if direct { 0 } else { libc::SOCK_CLOEXEC };
         let entry = opcode::AcceptMulti::new(types::Fd(listener))
             .allocate_file_index(direct)
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(flags)
             .build()
             .user_data(UserData::new(Op::AcceptMulti, index, 0).encode());
         self.push(entry)
@@ -204,10 +207,11 @@ impl Ring {
         let a = &mut self.accept_addrs[(index * ACCEPTS_PER_LISTENER + addr) as usize];
         a.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         let storage = std::ptr::addr_of_mut!(a.storage).cast::<libc::sockaddr>();
-        let mut op =
-            opcode::Accept::new(types::Fd(listener), storage, &mut a.len).flags(libc::SOCK_CLOEXEC);
+        let mut op = opcode::Accept::new(types::Fd(listener), storage, &mut a.len);
         if direct {
             op = op.file_index(Some(types::DestinationSlot::auto_target()));
+        } else {
+            op = op.flags(libc::SOCK_CLOEXEC);
         }
         let ud = UserData::new(Op::Accept, (index << 8) | addr, 0);
         self.push(op.build().user_data(ud.encode()))
