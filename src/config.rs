@@ -253,7 +253,7 @@ impl Config {
             io_mode: args.io_mode.or(file.io_mode).unwrap_or_default(),
             min_interval: file.min_interval.unwrap_or(Duration::from_millis(100)),
             max_interval: file.max_interval.unwrap_or(Duration::from_secs(3600)),
-            recv_buffers: file.recv_buffers.unwrap_or(256),
+            recv_buffers: file.recv_buffers.unwrap_or(512),
             send_chunks: file.send_chunks.unwrap_or(1024),
         };
         config.validate()?;

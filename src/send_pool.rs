@@ -1,7 +1,9 @@
 //! Send chunks: a fixed arena of [`CHUNK_LEN`]-byte chunks per shard and, per
 //! connection, a short linked queue of them. Replies (PONG, WELCOME, CLOSE,
-//! probe PINGs) are copied in; one SEND per connection is in flight at a time,
-//! always from the queue's head chunk, so bytes leave in order.
+//! probe PINGs) are copied in; one gathered send per connection is in flight
+//! at a time, covering up to [`GATHER_MAX`] chunks from the queue's head, so
+//! bytes leave in order and a peer that pipelines PINGs is drained as fast as
+//! it fills its queue.
 //!
 //! The arena is allocated once and never moves: the ring hands chunk
 //! addresses to the kernel (see `ring`). A chunk in flight is never written
@@ -15,7 +17,14 @@ pub const CHUNK_LEN: usize = 512;
 /// reading and the connection is closed as a slow consumer.
 pub const QUEUE_CHUNKS_MAX: u16 = 32;
 
+/// Most chunks one send gathers (one iovec each).
+pub const GATHER_MAX: usize = 8;
+
+/// `(arena offset, length)` of each piece of one gathered send.
+pub type Gather = [(usize, usize); GATHER_MAX];
+
 const _: () = assert!(CHUNK_LEN >= crate::protocol::CONTROL_FRAME_MAX);
+const _: () = assert!(GATHER_MAX <= QUEUE_CHUNKS_MAX as usize);
 
 #[derive(Clone, Copy, Debug)]
 struct Meta {
@@ -27,6 +36,8 @@ struct Meta {
     /// Valid in a queue's head: its last chunk and its chunk count.
     tail: u32,
     count: u16,
+    /// Valid in a queue's head: chunks in the send in flight.
+    gathered: u16,
     inflight: bool,
 }
 
@@ -36,6 +47,7 @@ const FREE_META: Meta = Meta {
     sent: 0,
     tail: NONE,
     count: 0,
+    gathered: 0,
     inflight: false,
 };
 
@@ -72,6 +84,15 @@ impl SendPool {
 
     pub fn capacity(&self) -> usize {
         self.meta.len()
+    }
+
+    /// Chunks queued behind `head` (0 for an empty queue).
+    pub fn queued_chunks(&self, head: u32) -> u16 {
+        if head == NONE {
+            0
+        } else {
+            self.meta[head as usize].count
+        }
     }
 
     fn alloc(&mut self) -> Option<u32> {
@@ -143,47 +164,80 @@ impl SendPool {
         c
     }
 
-    /// The unsent bytes of the head chunk, to be sent next; marks it in
-    /// flight. `None` if the queue is empty.
-    pub fn start_send(&mut self, head: u32) -> Option<(u32, std::ops::Range<usize>)> {
+    /// Gathers the unsent bytes of up to [`GATHER_MAX`] chunks from the
+    /// queue's head into `pieces` and marks them in flight. Returns how many
+    /// pieces; 0 if the queue is empty.
+    pub fn start_send(&mut self, head: u32, pieces: &mut Gather) -> usize {
         if head == NONE {
-            return None;
+            return 0;
         }
-        let m = &mut self.meta[head as usize];
-        assert!(!m.inflight, "second send from chunk {head}");
-        debug_assert!(m.sent < m.len);
-        m.inflight = true;
-        let base = head as usize * CHUNK_LEN;
-        Some((head, base + usize::from(m.sent)..base + usize::from(m.len)))
+        assert_eq!(
+            self.meta[head as usize].gathered, 0,
+            "second send of {head}"
+        );
+        let mut n = 0;
+        let mut c = head;
+        while c != NONE && n < GATHER_MAX {
+            let m = &mut self.meta[c as usize];
+            assert!(!m.inflight, "chunk {c} already in flight");
+            debug_assert!(m.sent < m.len);
+            m.inflight = true;
+            let at = c as usize * CHUNK_LEN + usize::from(m.sent);
+            pieces[n] = (at, usize::from(m.len - m.sent));
+            n += 1;
+            c = m.next;
+        }
+        self.meta[head as usize].gathered = n as u16;
+        n
     }
 
-    /// Records that `sent` bytes of the in-flight head left. Frees the head
-    /// when it is fully sent and returns whether more is queued.
+    /// Records that `sent` bytes of the in-flight send left. Frees the chunks
+    /// fully sent and returns whether more is queued.
     pub fn complete_send(&mut self, head: &mut u32, sent: usize) -> bool {
-        let h = *head as usize;
-        let m = &mut self.meta[h];
-        assert!(m.inflight, "completion for chunk {h} not in flight");
-        m.inflight = false;
-        m.sent += sent as u16;
-        assert!(m.sent <= m.len);
-        if m.sent < m.len {
-            return true;
+        let gathered = self.release_inflight(*head);
+        let mut left = sent;
+        let mut c = *head;
+        for _ in 0..gathered {
+            let m = &mut self.meta[c as usize];
+            let n = left.min(usize::from(m.len - m.sent));
+            m.sent += n as u16;
+            left -= n;
+            c = m.next;
         }
-        let (next, tail, count) = (m.next, m.tail, m.count);
-        self.free.push(*head);
-        *head = next;
-        if next != NONE {
-            self.meta[next as usize].tail = tail;
-            self.meta[next as usize].count = count - 1;
+        assert_eq!(left, 0, "kernel reported more bytes than were sent");
+        while *head != NONE {
+            let m = self.meta[*head as usize];
+            if m.sent < m.len {
+                break;
+            }
+            self.free.push(*head);
+            *head = m.next;
+            if m.next != NONE {
+                self.meta[m.next as usize].tail = m.tail;
+                self.meta[m.next as usize].count = m.count - 1;
+            }
         }
-        next != NONE
+        *head != NONE
+    }
+
+    /// Clears the in-flight marks of the send from `head`; returns its
+    /// chunk count.
+    fn release_inflight(&mut self, head: u32) -> u16 {
+        let gathered = std::mem::take(&mut self.meta[head as usize].gathered);
+        assert!(gathered > 0, "completion for queue {head} not in flight");
+        let mut c = head;
+        for _ in 0..gathered {
+            let m = &mut self.meta[c as usize];
+            assert!(m.inflight);
+            m.inflight = false;
+            c = m.next;
+        }
+        gathered
     }
 
     /// The in-flight send failed: nothing more of this queue will be sent.
     pub fn complete_send_failed(&mut self, head: &mut u32) {
-        let h = *head as usize;
-        assert!(self.meta[h].inflight, "failure for chunk {h} not in flight");
-        self.meta[h].inflight = false;
+        self.release_inflight(*head);
         self.drop_queue(head);
     }
 
@@ -209,11 +263,22 @@ impl SendPool {
 mod tests {
     use super::*;
 
+    fn gather(pool: &mut SendPool, head: u32) -> Vec<u8> {
+        let mut pieces = [(0, 0); GATHER_MAX];
+        let n = pool.start_send(head, &mut pieces);
+        let mut out = Vec::new();
+        for &(at, len) in &pieces[..n] {
+            out.extend_from_slice(&pool.arena()[at..at + len]);
+        }
+        out
+    }
+
     fn drain(pool: &mut SendPool, head: &mut u32) -> Vec<u8> {
         let mut out = Vec::new();
-        while let Some((_, range)) = pool.start_send(*head) {
-            out.extend_from_slice(&pool.arena()[range.clone()]);
-            pool.complete_send(head, range.len());
+        while *head != NONE {
+            let sent = gather(pool, *head);
+            pool.complete_send(head, sent.len());
+            out.extend(sent);
         }
         out
     }
@@ -237,13 +302,38 @@ mod tests {
         let mut pool = SendPool::new(4);
         let mut head = NONE;
         pool.queue(&mut head, b"one").unwrap();
-        let (_, r) = pool.start_send(head).unwrap();
+        assert_eq!(gather(&mut pool, head), b"one");
         pool.queue(&mut head, b"two").unwrap();
-        assert_eq!(&pool.arena()[r.clone()], b"one");
         assert_eq!(pool.in_use(), 2);
         // A short write: one byte left, then the rest.
         assert!(pool.complete_send(&mut head, 2));
         assert_eq!(drain(&mut pool, &mut head), b"etwo");
+    }
+
+    #[test]
+    fn one_send_gathers_several_chunks_and_resumes_after_a_short_write() {
+        let mut pool = SendPool::new(32);
+        let mut head = NONE;
+        let all: Vec<u8> = (0..CHUNK_LEN * 10).map(|i| (i % 251) as u8).collect();
+        pool.queue(&mut head, &all).unwrap();
+        let first = gather(&mut pool, head);
+        assert_eq!(first.len(), CHUNK_LEN * GATHER_MAX);
+        // The kernel took 1.5 chunks: the rest resumes mid-chunk.
+        assert!(pool.complete_send(&mut head, CHUNK_LEN * 3 / 2));
+        let mut out = all[..CHUNK_LEN * 3 / 2].to_vec();
+        out.extend(drain(&mut pool, &mut head));
+        assert_eq!(out, all);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_failed_send_frees_the_queue() {
+        let mut pool = SendPool::new(8);
+        let mut head = NONE;
+        pool.queue(&mut head, &[1; CHUNK_LEN * 3]).unwrap();
+        gather(&mut pool, head);
+        pool.complete_send_failed(&mut head);
+        assert_eq!((head, pool.in_use()), (NONE, 0));
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub struct Shard {
     phase: Phase,
     /// Listeners whose accepts must be re-armed at the next tick (ENFILE).
     accept_paused: Vec<(u32, u32)>,
+    /// Connections whose input is held until their replies drain.
+    paused: pause::Paused,
 }
 
 impl Shard {
@@ -147,6 +149,7 @@ impl Shard {
             batch: Vec::new(),
             phase: Phase::Running,
             accept_paused: Vec::new(),
+            paused: pause::Paused::default(),
             spec,
         }
     }
@@ -218,15 +221,19 @@ impl Shard {
     }
 
     /// Splits the borrow of `self` into the engine and its Io.
-    fn with_engine<R>(&mut self, f: impl FnOnce(&mut Engine, &mut DriverIo<'_>) -> R) -> R {
-        let (engine, mut io) = split(
+    fn split_engine(&mut self) -> (&mut Engine, DriverIo<'_>) {
+        split(
             &mut self.spec.engine,
             &mut self.spec.ring.sends,
             &mut self.dirty,
             &mut self.closing_new,
             &mut self.control_out,
             self.spec.events.as_ref(),
-        );
+        )
+    }
+
+    fn with_engine<R>(&mut self, f: impl FnOnce(&mut Engine, &mut DriverIo<'_>) -> R) -> R {
+        let (engine, mut io) = self.split_engine();
         f(engine, &mut io)
     }
 
@@ -332,16 +339,22 @@ impl Shard {
         let current = self.spec.engine.table.is_current(ud.slot, ud.generation);
         if current && cqe.result > 0 {
             let bid = bid.expect("a receive with data names its buffer");
-            let data = self.spec.ring.recv.data(bid, cqe.result as usize);
-            let (engine, mut io) = split(
-                &mut self.spec.engine,
-                &mut self.spec.ring.sends,
-                &mut self.dirty,
-                &mut self.closing_new,
-                &mut self.control_out,
-                self.spec.events.as_ref(),
-            );
-            engine.on_recv(ud.slot, data, &mut io);
+            let len = cqe.result as usize;
+            if self.should_hold(ud.slot) {
+                let data = self.spec.ring.recv.data(bid, len).to_vec();
+                self.hold(ud.slot, ud.generation, &data)?;
+            } else {
+                let data = self.spec.ring.recv.data(bid, len);
+                let (engine, mut io) = split(
+                    &mut self.spec.engine,
+                    &mut self.spec.ring.sends,
+                    &mut self.dirty,
+                    &mut self.closing_new,
+                    &mut self.control_out,
+                    self.spec.events.as_ref(),
+                );
+                engine.on_recv(ud.slot, data, &mut io);
+            }
         }
         if let Some(bid) = bid {
             self.spec.ring.return_buffer(bid)?;
@@ -358,7 +371,7 @@ impl Shard {
                 if r < 0 {
                     self.spec.stats.recv_no_buffers.inc();
                 }
-                if open {
+                if open && !self.paused.contains(slot) {
                     self.arm_recv(slot, ud.generation)?;
                 }
             }
@@ -397,7 +410,7 @@ impl Shard {
             {
                 self.dirty.push(slot);
             }
-            return Ok(());
+            return self.maybe_resume(slot);
         }
         self.spec.ring.sends.complete_send_failed(head);
         let cause = match -cqe.result {
@@ -421,6 +434,7 @@ impl Shard {
             return Ok(()); // an fd we could not take a slot for
         }
         let slot = ud.slot;
+        self.release(slot);
         let head = &mut self.spec.engine.table.send_head[slot as usize];
         self.spec.ring.sends.drop_queue(head);
         self.spec.engine.on_closed(slot);
@@ -454,6 +468,7 @@ impl Shard {
             }
         }
         self.expire_lingering();
+        self.expire_paused();
         if !self.tick_cancelled {
             self.arm_tick()?;
         }
@@ -493,3 +508,4 @@ fn split<'a>(
 }
 
 mod drain;
+mod pause;

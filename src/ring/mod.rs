@@ -16,7 +16,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::buf_ring::{RecvBuffers, BGID, BUF_LEN};
-use crate::send_pool::SendPool;
+use crate::send_pool::{SendPool, GATHER_MAX};
 use crate::user_data::{Op, UserData};
 
 mod probe;
@@ -60,12 +60,26 @@ struct AcceptAddr {
     len: libc::socklen_t,
 }
 
+/// The msghdr and iovecs of one gathered send, kept until its completion.
+#[repr(C)]
+struct SendMsg {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; GATHER_MAX],
+}
+
+// SAFETY: the raw pointers inside point into the same Ring's send arena and
+// this struct; they are only dereferenced by the kernel while the Ring (and
+// so both allocations) is alive, and the Ring moves between threads whole.
+unsafe impl Send for SendMsg {}
+
 /// A shard's io_uring and the memory its operations use.
 pub struct Ring {
     // Field order matters: `uring` drops first, so the kernel is done with
     // the memory below before it is freed.
     uring: IoUring,
     pub sends: SendPool,
+    /// One per send chunk, indexed by the queue's head chunk.
+    send_msgs: Box<[SendMsg]>,
     pub recv: RecvBuffers,
     accept_addrs: Box<[AcceptAddr]>,
     timespec: Box<types::Timespec>,
@@ -130,6 +144,11 @@ impl Ring {
         let mut ring = Ring {
             uring,
             sends: SendPool::new(setup.send_chunks),
+            // SAFETY: msghdr and iovec are plain C data for which all-zero
+            // bytes are a valid value (null pointers, zero lengths).
+            send_msgs: (0..setup.send_chunks)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect(),
             recv,
             // SAFETY: sockaddr_storage and socklen_t are plain C data for
             // which all-zero bytes are a valid value.
@@ -237,12 +256,24 @@ impl Ring {
         self.push(fixed(entry, fd).user_data(ud.encode()))
     }
 
-    /// Sends the unsent part of the head chunk of `slot`'s queue.
+    /// Sends the unsent part of `slot`'s queue, up to [`GATHER_MAX`] chunks
+    /// in one SENDMSG.
     pub fn send(&mut self, fd: Fd, slot: u32, generation: u32, head: u32) -> io::Result<()> {
-        let (_, range) = self.sends.start_send(head).expect("queue not empty");
-        let ptr = self.sends.arena()[range.clone()].as_ptr();
-        let entry = opcode::Send::new(raw(fd), ptr, range.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
+        let mut pieces = [(0, 0); GATHER_MAX];
+        let n = self.sends.start_send(head, &mut pieces);
+        assert!(n > 0, "send of an empty queue");
+        let base = self.sends.arena().as_ptr();
+        let msg = &mut self.send_msgs[head as usize];
+        for (iov, &(at, len)) in msg.iov.iter_mut().zip(&pieces[..n]) {
+            // SAFETY: `at + len` lies within the arena (SendPool hands out
+            // ranges of its own chunks), so the pointer stays in bounds.
+            iov.iov_base = unsafe { base.add(at) }.cast_mut().cast();
+            iov.iov_len = len;
+        }
+        msg.hdr.msg_iov = msg.iov.as_mut_ptr();
+        msg.hdr.msg_iovlen = n;
+        let entry = opcode::SendMsg::new(raw(fd), &msg.hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
             .build();
         let ud = UserData::new(Op::Send, slot, generation);
         self.push(fixed(entry, fd).user_data(ud.encode()))
@@ -317,6 +348,7 @@ impl Drop for Ring {
             );
             let sends = std::mem::replace(&mut self.sends, SendPool::new(1));
             std::mem::forget(sends);
+            std::mem::forget(std::mem::take(&mut self.send_msgs));
             let addrs = std::mem::take(&mut self.accept_addrs);
             std::mem::forget(addrs);
             let recv = RecvBuffers::new(1, None).expect("plain buffers");
