@@ -1,0 +1,201 @@
+//! The `ringbeat` binary as operators drive it: bad input exits 2 with one
+//! line, SIGTERM closes every connection with CLOSE(SHUTDOWN) and exits 0,
+//! `/metrics` and the events file carry the contract names.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Peer, SLACK};
+use ringbeat::protocol::OwnedFrame;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringbeat");
+
+fn bad_input_exits_2(args: &[&str], needle: &str) {
+    let out = Command::new(BIN).args(args).output().expect("run ringbeat");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {stderr:?} lacks {needle:?}"
+    );
+}
+
+#[test]
+fn bad_flags_and_config_exit_2_with_a_clear_line() {
+    bad_input_exits_2(&["serve", "--interval", "banana"], "banana");
+    bad_input_exits_2(&["serve", "--no-such-flag"], "no-such-flag");
+    bad_input_exits_2(&["serve", "--interval", "5s", "--timeout", "2s"], "timeout");
+    bad_input_exits_2(&["serve", "--shards", "0"], "shards");
+    bad_input_exits_2(&["serve", "--config", "/nonexistent/rb.toml"], "rb.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "intervall = \"1s\"\n").unwrap();
+    bad_input_exits_2(&["serve", "--config", path.to_str().unwrap()], "intervall");
+}
+
+/// A running `ringbeat serve` child and the addresses it logged.
+struct Running {
+    child: Child,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+}
+
+fn spawn_server(extra: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringbeat");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut listen, mut metrics) = (None, None);
+    while listen.is_none() || metrics.is_none() {
+        let line = lines.next().expect("server exited early").unwrap();
+        if let Some(rest) = line
+            .split("addr=")
+            .nth(1)
+            .filter(|_| line.contains("listening"))
+        {
+            listen = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+        if let Some(rest) = line.split("http://").nth(1) {
+            metrics = rest.split('/').next().and_then(|a| a.parse().ok());
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Running {
+        child,
+        listen: listen.unwrap(),
+        metrics: metrics.unwrap(),
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(SLACK)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn wait_exit(child: &mut Child) -> (Option<i32>, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), started.elapsed());
+        }
+        if started.elapsed() > SLACK * 2 {
+            let _ = child.kill();
+            panic!("server did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_closes_everyone_with_shutdown_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let mut server = spawn_server(&["--events", events.to_str().unwrap()]);
+    let mut peers: Vec<Peer> = (0..10).map(|_| Peer::connect(server.listen)).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        p.hello(i as u64 + 1, 0);
+        assert!(matches!(p.expect_frame(), OwnedFrame::Welcome { .. }));
+    }
+
+    let metrics = http_get(server.metrics, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for name in [
+        "ringbeat_connections 10",
+        "ringbeat_shard_connections{shard=",
+        "ringbeat_accepted_total 10",
+        "ringbeat_evicted_total",
+        "ringbeat_closed_total{reason=",
+        "ringbeat_frames_received_total{kind=\"hello\"} 10",
+        "ringbeat_protocol_errors_total",
+        "ringbeat_sweep_duration_seconds_bucket",
+        "ringbeat_probe_rtt_seconds",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    assert!(http_get(server.metrics, "/nope").starts_with("HTTP/1.1 404"));
+
+    let pid = server.child.id() as i32;
+    assert_eq!(sigterm(pid), 0);
+    for p in &mut peers {
+        p.expect_close(5);
+    }
+    let (code, took) = wait_exit(&mut server.child);
+    assert_eq!(code, Some(0));
+    eprintln!("exited {took:?} after SIGTERM");
+
+    let log = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let online = lines.iter().filter(|e| e["event"] == "online").count();
+    let shutdown = lines
+        .iter()
+        .filter(|e| e["event"] == "offline" && e["reason"] == "shutdown")
+        .count();
+    assert_eq!((online, shutdown), (10, 10), "{log}");
+    for e in &lines {
+        for key in ["ts_ms", "session", "client_id", "peer"] {
+            assert!(!e[key].is_null(), "event lacks {key}: {e}");
+        }
+    }
+}
+
+/// Sends SIGTERM with the `kill` command (tests stay free of `unsafe`).
+fn sigterm(pid: i32) -> i32 {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    status.code().unwrap_or(-1)
+}
+
+#[test]
+fn a_config_file_sets_the_same_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rb.toml");
+    std::fs::write(
+        &path,
+        "interval = \"2s\"\ntimeout = \"8s\"\ntick = \"50ms\"\n",
+    )
+    .unwrap();
+    let mut server = spawn_server(&["--config", path.to_str().unwrap()]);
+    let mut peer = Peer::connect(server.listen);
+    peer.hello(9, 0);
+    match peer.expect_frame() {
+        OwnedFrame::Welcome {
+            interval_ms,
+            timeout_ms,
+            ..
+        } => assert_eq!((interval_ms, timeout_ms), (2_000, 8_000)),
+        other => panic!("expected WELCOME, got {other:?}"),
+    }
+    sigterm(server.child.id() as i32);
+    assert_eq!(wait_exit(&mut server.child).0, Some(0));
+}
