@@ -122,6 +122,8 @@ pub struct Shard {
     accept_paused: Vec<(u32, u32)>,
     /// Connections whose input is held until their replies drain.
     paused: pause::Paused,
+    /// Unexpected accept failures so far (for log rate limiting).
+    accept_failures: u64,
 }
 
 impl Shard {
@@ -150,6 +152,7 @@ impl Shard {
             phase: Phase::Running,
             accept_paused: Vec::new(),
             paused: pause::Paused::default(),
+            accept_failures: 0,
             spec,
         }
     }
@@ -294,7 +297,16 @@ impl Shard {
             }
             e => {
                 self.spec.stats.io_errors.inc();
-                tracing::warn!(shard = self.spec.id, errno = e, "accept failed");
+                self.accept_failures += 1;
+                // A persistent failure repeats every tick: log 1st, 2nd, 4th…
+                if self.accept_failures.is_power_of_two() {
+                    tracing::warn!(
+                        shard = self.spec.id,
+                        errno = e,
+                        failures = self.accept_failures,
+                        "accept failed; retrying next tick"
+                    );
+                }
             }
         }
         if rearm {
