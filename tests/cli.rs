@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Peer, SLACK};
-use ringbeat::protocol::OwnedFrame;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringbeat");
 
@@ -120,7 +119,7 @@ fn sigterm_closes_everyone_with_shutdown_and_exits_0() {
     let mut peers: Vec<Peer> = (0..10).map(|_| Peer::connect(server.listen)).collect();
     for (i, p) in peers.iter_mut().enumerate() {
         p.hello(i as u64 + 1, 0);
-        assert!(matches!(p.expect_frame(), OwnedFrame::Welcome { .. }));
+        p.expect_welcome();
     }
 
     let metrics = http_get(server.metrics, "/metrics");
@@ -188,14 +187,8 @@ fn a_config_file_sets_the_same_keys() {
     let mut server = spawn_server(&["--config", path.to_str().unwrap()]);
     let mut peer = Peer::connect(server.listen);
     peer.hello(9, 0);
-    match peer.expect_frame() {
-        OwnedFrame::Welcome {
-            interval_ms,
-            timeout_ms,
-            ..
-        } => assert_eq!((interval_ms, timeout_ms), (2_000, 8_000)),
-        other => panic!("expected WELCOME, got {other:?}"),
-    }
+    let (_, interval_ms, timeout_ms) = peer.expect_welcome();
+    assert_eq!((interval_ms, timeout_ms), (2_000, 8_000));
     sigterm(server.child.id() as i32);
     assert_eq!(wait_exit(&mut server.child).0, Some(0));
 }

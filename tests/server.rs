@@ -7,7 +7,7 @@ mod common;
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
-use common::{args, metric, start, stop, wait_metric, Got, Peer, MODES};
+use common::{args, metric, start, stop, timed_args, wait_metric, Got, Peer, MODES};
 use ringbeat::config::IoMode;
 use ringbeat::protocol::{self, CloseReason, OwnedFrame};
 
@@ -61,10 +61,7 @@ fn pongs_echo_pings_in_order() {
 #[test]
 fn hello_is_optional_and_answered_with_welcome() {
     each_mode(|mode| {
-        let mut a = args(mode);
-        a.interval = Some(Duration::from_secs(10));
-        a.timeout = Some(Duration::from_secs(30));
-        let server = start(a);
+        let server = start(timed_args(mode, 10_000, 30_000, 100));
         let addr = server.local_addrs()[0];
 
         let mut anonymous = Peer::connect(addr);
@@ -73,31 +70,16 @@ fn hello_is_optional_and_answered_with_welcome() {
 
         let mut named = Peer::connect(addr);
         named.hello(1001, 0);
-        match named.expect_frame() {
-            OwnedFrame::Welcome {
-                interval_ms,
-                timeout_ms,
-                ..
-            } => assert_eq!((interval_ms, timeout_ms), (10_000, 30_000)),
-            other => panic!("expected WELCOME, got {other:?}"),
-        }
+        let (_, interval_ms, timeout_ms) = named.expect_welcome();
+        assert_eq!((interval_ms, timeout_ms), (10_000, 30_000));
         // A requested interval is clamped; the timeout keeps the 1:3 ratio.
         let mut custom = Peer::connect(addr);
         custom.hello(1002, 2_000);
-        match custom.expect_frame() {
-            OwnedFrame::Welcome {
-                interval_ms,
-                timeout_ms,
-                ..
-            } => assert_eq!((interval_ms, timeout_ms), (2_000, 6_000)),
-            other => panic!("expected WELCOME, got {other:?}"),
-        }
+        let (_, interval_ms, timeout_ms) = custom.expect_welcome();
+        assert_eq!((interval_ms, timeout_ms), (2_000, 6_000));
         let mut tiny = Peer::connect(addr);
         tiny.hello(1003, 1);
-        match tiny.expect_frame() {
-            OwnedFrame::Welcome { interval_ms, .. } => assert_eq!(interval_ms, 100),
-            other => panic!("expected WELCOME, got {other:?}"),
-        }
+        assert_eq!(tiny.expect_welcome().1, 100);
         stop(server);
     });
 }
@@ -115,7 +97,7 @@ fn hello_after_the_first_frame_is_a_protocol_error() {
 
         let mut twice = Peer::connect(addr);
         twice.hello(6, 0);
-        let _welcome = twice.expect_frame();
+        twice.expect_welcome();
         twice.hello(6, 0);
         twice.expect_close(PROTOCOL_ERROR);
         stop(server);
@@ -176,7 +158,7 @@ fn one_byte_dribble_is_reassembled() {
             peer.send(&[b]);
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(matches!(peer.expect_frame(), OwnedFrame::Welcome { .. }));
+        peer.expect_welcome();
         peer.expect_pong(9);
         peer.expect_pong(10);
         stop(server);
@@ -185,11 +167,7 @@ fn one_byte_dribble_is_reassembled() {
 
 /// Short interval/timeout/tick so that eviction is quick to observe.
 fn fast_clock(mode: IoMode) -> ringbeat::config::ServeArgs {
-    let mut a = args(mode);
-    a.interval = Some(Duration::from_millis(100));
-    a.timeout = Some(Duration::from_millis(400));
-    a.tick = Some(Duration::from_millis(20));
-    a
+    timed_args(mode, 100, 400, 20)
 }
 
 #[test]
@@ -242,9 +220,7 @@ fn partial_frames_do_not_refresh_liveness() {
 #[test]
 fn every_complete_frame_keeps_a_connection_alive() {
     each_mode(|mode| {
-        let mut a = fast_clock(mode);
-        a.timeout = Some(Duration::from_millis(1500));
-        let server = start(a);
+        let server = start(timed_args(mode, 100, 1500, 20));
         let mut peer = Peer::connect(server.local_addrs()[0]);
         // DATA and PONG frames only (no PING) for four timeouts' worth.
         let until = Instant::now() + Duration::from_secs(6);
@@ -263,14 +239,12 @@ fn every_complete_frame_keeps_a_connection_alive() {
 #[test]
 fn probes_keep_a_pong_only_client_alive() {
     each_mode(|mode| {
-        let mut a = fast_clock(mode);
-        a.timeout = Some(Duration::from_millis(1500));
-        a.interval = Some(Duration::from_millis(300));
+        let mut a = timed_args(mode, 300, 1500, 20);
         a.probe = true;
         let server = start(a);
         let mut peer = Peer::connect(server.local_addrs()[0]);
         peer.hello(0, 0);
-        assert!(matches!(peer.expect_frame(), OwnedFrame::Welcome { .. }));
+        peer.expect_welcome();
         let until = Instant::now() + Duration::from_secs(5);
         let mut probes = 0;
         while Instant::now() < until {
@@ -350,10 +324,7 @@ fn a_mebibyte_of_pings_is_answered_in_full() {
 fn a_peer_that_never_reads_is_closed_as_overloaded() {
     each_mode(|mode| {
         // Held input past one interval means the peer is not reading.
-        let mut a = args(mode);
-        a.interval = Some(Duration::from_millis(500));
-        a.timeout = Some(Duration::from_secs(20));
-        let server = start(a);
+        let server = start(timed_args(mode, 500, 20_000, 100));
         let addr = server.local_addrs()[0];
         let mut bystander = Peer::connect(addr);
         let peer = Peer::connect(addr);
@@ -395,10 +366,7 @@ fn takeover_closes_the_older_connection_on_any_shard() {
         for _ in 0..12 {
             let mut peer = Peer::connect(addr);
             peer.hello(4242, 0);
-            let session = match peer.expect_frame() {
-                OwnedFrame::Welcome { session, .. } => session,
-                other => panic!("expected WELCOME, got {other:?}"),
-            };
+            let (session, _, _) = peer.expect_welcome();
             shards_seen[(session >> 54) as usize & 1] = true;
             if let Some(mut old) = holder.take() {
                 old.expect_close(TAKEN_OVER);
@@ -462,7 +430,7 @@ fn events_report_online_and_offline() {
         let (server, events) = ringbeat::server::Server::start_with_events(config).unwrap();
         let mut peer = Peer::connect(server.local_addrs()[0]);
         peer.hello(99, 0);
-        let _welcome = peer.expect_frame();
+        peer.expect_welcome();
         let online = events.recv_timeout(common::SLACK).expect("online event");
         assert_eq!((online.event, online.client_id), (EventKind::Online, 99));
         assert!(online.peer.is_some());

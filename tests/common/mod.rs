@@ -28,6 +28,16 @@ pub fn args(mode: IoMode) -> ServeArgs {
     }
 }
 
+/// [`args`] with the given interval, timeout and tick in milliseconds.
+pub fn timed_args(mode: IoMode, interval_ms: u64, timeout_ms: u64, tick_ms: u64) -> ServeArgs {
+    ServeArgs {
+        interval: Some(Duration::from_millis(interval_ms)),
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        tick: Some(Duration::from_millis(tick_ms)),
+        ..args(mode)
+    }
+}
+
 pub fn start(args: ServeArgs) -> Server {
     Server::start(Config::resolve(args).expect("valid test config")).expect("server starts")
 }
@@ -126,6 +136,18 @@ impl Peer {
         match self.next() {
             Got::Frame(f) => f,
             other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Expects WELCOME; returns (session, interval_ms, timeout_ms).
+    pub fn expect_welcome(&mut self) -> (u64, u32, u32) {
+        match self.expect_frame() {
+            OwnedFrame::Welcome {
+                session,
+                interval_ms,
+                timeout_ms,
+            } => (session, interval_ms, timeout_ms),
+            other => panic!("expected WELCOME, got {other:?}"),
         }
     }
 
