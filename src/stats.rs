@@ -52,6 +52,7 @@ pub struct Stats {
     pub recv_no_buffers: Counter,
     pub send_pool_exhausted: Counter,
     pub stash_exhausted: Counter,
+    pub recv_paused: Counter,
     pub io_errors: Counter,
     pub events_dropped: Gauge,
     /// Sweep durations in nanoseconds.
@@ -85,6 +86,7 @@ impl Stats {
             recv_no_buffers: Counter::default(),
             send_pool_exhausted: Counter::default(),
             stash_exhausted: Counter::default(),
+            recv_paused: Counter::default(),
             io_errors: Counter::default(),
             events_dropped: Gauge::default(),
             sweep_ns: Mutex::new(histogram()),
@@ -152,6 +154,11 @@ impl Stats {
             self.stash_exhausted.clone(),
         );
         r.register(
+            "ringbeat_recv_paused",
+            "Connections whose input was held because they did not read their replies",
+            self.recv_paused.clone(),
+        );
+        r.register(
             "ringbeat_io_errors",
             "Unexpected I/O errors",
             self.io_errors.clone(),
@@ -192,6 +199,7 @@ impl Stats {
             recv_no_buffers: self.recv_no_buffers.clone(),
             send_pool_exhausted: self.send_pool_exhausted.clone(),
             stash_exhausted: self.stash_exhausted.clone(),
+            recv_paused: self.recv_paused.clone(),
             io_errors: self.io_errors.clone(),
             sweep_ns: histogram(),
             rtt_us: histogram(),
@@ -290,6 +298,7 @@ pub struct ShardStats {
     pub recv_no_buffers: Counter,
     pub send_pool_exhausted: Counter,
     pub stash_exhausted: Counter,
+    pub recv_paused: Counter,
     pub io_errors: Counter,
     pub sweep_ns: Histogram<u64>,
     pub rtt_us: Histogram<u64>,

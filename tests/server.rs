@@ -350,6 +350,7 @@ fn a_peer_that_never_reads_is_closed_as_overloaded() {
         }
         let series = r#"ringbeat_closed_total{reason="overloaded"}"#;
         assert_eq!(wait_metric(server.stats(), series, 1), 1);
+        assert!(metric(server.stats(), "ringbeat_recv_paused_total") >= 1);
         bystander.ping(5);
         bystander.expect_pong(5);
         stop(server);

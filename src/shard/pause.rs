@@ -76,6 +76,9 @@ impl Shard {
             self.with_engine(|e, io| e.close(slot, CloseCause::SlowConsumer, io));
             return Ok(());
         }
+        if newly_paused {
+            self.spec.engine.stats.recv_paused.inc();
+        }
         let held = self.paused.by_slot.entry(slot).or_insert_with(|| Held {
             generation,
             since_tick: now_tick,
