@@ -14,6 +14,7 @@ pub mod conn_table;
 pub mod engine;
 pub mod events;
 pub mod heartbeat;
+pub mod load;
 pub mod metrics_http;
 pub mod protocol;
 pub mod registry;

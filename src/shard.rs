@@ -253,6 +253,7 @@ impl Shard {
             Op::Tick => self.on_tick(),
             Op::Wake => self.on_wake(cqe),
             Op::Cancel => Ok(()),
+            Op::Connect => unreachable!("the server never connects"),
             Op::ProvideBuffers => {
                 if cqe.result < 0 {
                     tracing::error!(errno = -cqe.result, "PROVIDE_BUFFERS failed");

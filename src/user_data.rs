@@ -27,11 +27,13 @@ pub enum Op {
     Wake = 8,
     /// PROVIDE_BUFFERS (compat mode) returning receive buffers.
     ProvideBuffers = 9,
+    /// Outbound connect (load generator).
+    Connect = 10,
 }
 
 impl Op {
     fn from_u8(v: u8) -> Option<Op> {
-        const ALL: [Op; 9] = [
+        const ALL: [Op; 10] = [
             Op::AcceptMulti,
             Op::Accept,
             Op::Recv,
@@ -41,6 +43,7 @@ impl Op {
             Op::Tick,
             Op::Wake,
             Op::ProvideBuffers,
+            Op::Connect,
         ];
         ALL.get(usize::from(v).wrapping_sub(1)).copied()
     }
@@ -85,7 +88,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn roundtrip(op in 1u8..=9, slot in 0..=SLOT_MAX, generation in any::<u32>()) {
+        fn roundtrip(op in 1u8..=10, slot in 0..=SLOT_MAX, generation in any::<u32>()) {
             let ud = UserData::new(Op::from_u8(op).unwrap(), slot, generation);
             prop_assert_eq!(UserData::decode(ud.encode()), Some(ud));
         }

@@ -84,6 +84,8 @@ pub struct Ring {
     accept_addrs: Box<[AcceptAddr]>,
     timespec: Box<types::Timespec>,
     wake_buf: Box<u64>,
+    /// Addresses CONNECT reads (load generator); fixed once set.
+    connect_targets: Box<[socket2::SockAddr]>,
     /// Operations submitted whose last completion has not arrived.
     pub inflight: usize,
     cqes: Vec<Completion>,
@@ -155,6 +157,7 @@ impl Ring {
             accept_addrs: (0..addrs).map(|_| unsafe { std::mem::zeroed() }).collect(),
             timespec: Box::new(types::Timespec::new()),
             wake_buf: Box::new(0),
+            connect_targets: Box::new([]),
             inflight: 0,
             cqes: Vec::with_capacity(setup.cq_entries as usize),
         };
@@ -279,6 +282,31 @@ impl Ring {
         self.push(fixed(entry, fd).user_data(ud.encode()))
     }
 
+    /// Sets the addresses [`Ring::connect`] may target. Only while no
+    /// CONNECT is in flight (the kernel reads them until completion).
+    pub fn set_connect_targets(&mut self, targets: &[SocketAddr]) {
+        assert_eq!(self.inflight, 0, "targets change under a CONNECT");
+        self.connect_targets = targets.iter().map(|&a| a.into()).collect();
+    }
+
+    /// Connects `fd` to connect target `target`.
+    pub fn connect(&mut self, fd: Fd, slot: u32, generation: u32, target: u32) -> io::Result<()> {
+        let addr = &self.connect_targets[target as usize];
+        let entry = opcode::Connect::new(raw(fd), addr.as_ptr(), addr.len()).build();
+        let ud = UserData::new(Op::Connect, slot, generation);
+        self.push(fixed(entry, fd).user_data(ud.encode()))
+    }
+
+    /// Puts an open descriptor into fixed-file slot `slot`; the caller may
+    /// then close its fd (the table holds its own reference).
+    pub fn install_fixed(&mut self, slot: u32, fd: RawFd) -> io::Result<()> {
+        let n = self.uring.submitter().register_files_update(slot, &[fd])?;
+        if n != 1 {
+            return Err(io::Error::other("fixed-file update took no file"));
+        }
+        Ok(())
+    }
+
     /// Cancels the operation whose user_data is `target`.
     pub fn cancel(&mut self, target: UserData) -> io::Result<()> {
         let ud = UserData::new(Op::Cancel, target.slot, target.generation);
@@ -358,6 +386,7 @@ impl Drop for Ring {
                 Box::new(types::Timespec::new()),
             ));
             std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+            std::mem::forget(std::mem::take(&mut self.connect_targets));
         }
     }
 }

@@ -1,0 +1,226 @@
+//! `ringbeat-load`: simulated heartbeat clients with faults against a
+//! ringbeat server on loopback. Prints a progress line each second, stops by
+//! itself at `--duration`, and writes the result JSON (schema 1).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use ringbeat::load::args::{LoadArgs, LoadConfig};
+use ringbeat::load::report::{Progress, ProgressSum, Tally};
+use ringbeat::load::sample::{self, ProcSample};
+use ringbeat::load::worker::{self, WorkerSpec};
+use ringbeat::ring::Features;
+use serde_json::json;
+
+fn main() -> ExitCode {
+    let args = LoadArgs::parse();
+    let config = match LoadConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringbeat-load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(Arc::new(config)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ringbeat-load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Server and kernel readings over the run.
+#[derive(Default)]
+struct Watch {
+    pid: Option<String>,
+    server_first: Option<ProcSample>,
+    server_last: Option<ProcSample>,
+    rss_peak: u64,
+    rss_at_peak_live: u64,
+    peak_live: u64,
+    sock_mem_peak: u64,
+    slab_start: u64,
+    slab_at_peak_live: u64,
+}
+
+impl Watch {
+    fn sample(&mut self, live: u64) {
+        let server = self.pid.as_deref().and_then(sample::process);
+        if let Some(s) = server {
+            self.server_first.get_or_insert(s);
+            self.server_last = Some(s);
+            self.rss_peak = self.rss_peak.max(s.rss_bytes);
+        }
+        self.sock_mem_peak = self.sock_mem_peak.max(sample::tcp_mem_bytes().unwrap_or(0));
+        if live >= self.peak_live {
+            self.peak_live = live;
+            self.rss_at_peak_live = server.map_or(0, |s| s.rss_bytes);
+            self.slab_at_peak_live = sample::slab_bytes().unwrap_or(0);
+        }
+    }
+}
+
+fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
+    let features = Features::probe();
+    let fast = !config.args.compat && features.fast_mode_ready().is_ok();
+    eprintln!(
+        "ringbeat-load: {} clients on {} workers, {} mode ({}), mix {}",
+        config.args.clients,
+        config.threads,
+        if fast { "fast" } else { "compat" },
+        features.summary(),
+        config.args.mix
+    );
+    if !fast {
+        let nofile = ringbeat::ring::raise_nofile_limit()?;
+        anyhow::ensure!(
+            config.args.clients + 64 <= nofile,
+            "compat mode holds one fd per client: {} clients exceed nofile {nofile}; run several processes",
+            config.args.clients
+        );
+    } else {
+        ringbeat::ring::raise_nofile_limit()?;
+    }
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (progress, handles) = spawn_workers(&config, fast, start, &stop)?;
+    let mut watch = Watch {
+        pid: config.args.server_pid.map(|p| p.to_string()),
+        slab_start: sample::slab_bytes().unwrap_or(0),
+        ..Watch::default()
+    };
+    let mut last = ProgressSum::default();
+    let mut last_at = Instant::now();
+    while start.elapsed() < config.args.duration {
+        std::thread::sleep(
+            Duration::from_secs(1).min(config.args.duration.saturating_sub(start.elapsed())),
+        );
+        let now = ProgressSum::of(&progress);
+        watch.sample(now.live);
+        let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+        eprintln!(
+            "[{:>5.0}s] connected {:>8} live {:>8} heartbeats/s {:>8.0} answered/s {:>8.0} errors {}",
+            start.elapsed().as_secs_f64(),
+            now.connected,
+            now.live,
+            (now.heartbeats_sent - last.heartbeats_sent) as f64 / dt,
+            (now.heartbeats_answered - last.heartbeats_answered) as f64 / dt,
+            now.errors
+        );
+        last = now;
+        last_at = Instant::now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut tally = Tally::default();
+    for h in handles {
+        let t = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+        tally.merge(&t);
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let report = build_report(&config, &tally, &watch, elapsed_s);
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &config.args.json {
+        std::fs::write(path, &text)?;
+        eprintln!("ringbeat-load: wrote {}", path.display());
+    }
+    println!("{text}");
+    Ok(tally.false_evictions == 0 && tally.detection_early == 0)
+}
+
+type Handles = Vec<std::thread::JoinHandle<std::io::Result<Tally>>>;
+
+fn spawn_workers(
+    config: &Arc<LoadConfig>,
+    fast: bool,
+    start: Instant,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<Arc<Progress>>, Handles)> {
+    let threads = config.threads as u64;
+    let clients = config.args.clients;
+    let mut progress = Vec::new();
+    let mut handles = Vec::new();
+    let mut first = 0;
+    for id in 0..threads {
+        let count = clients / threads + u64::from(id < clients % threads);
+        let p = Arc::new(Progress::default());
+        let spec = WorkerSpec {
+            id: id as usize,
+            first_client: first,
+            count: count as u32,
+            config: config.clone(),
+            progress: p.clone(),
+            stop: stop.clone(),
+            start,
+            ramp_per_s: config.args.ramp as f64 * count as f64 / clients as f64,
+        };
+        first += count;
+        progress.push(p);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{id}"))
+                .spawn(move || worker::run(spec, fast))?,
+        );
+    }
+    Ok((progress, handles))
+}
+
+fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> serde_json::Value {
+    let a = &config.args;
+    let me = sample::process("self").unwrap_or_default();
+    let server_cpu = match (w.server_first, w.server_last) {
+        (Some(f), Some(l)) => (l.cpu_user_s - f.cpu_user_s, l.cpu_sys_s - f.cpu_sys_s),
+        _ => (0.0, 0.0),
+    };
+    let ramp_s = a.clients as f64 / a.ramp as f64;
+    json!({
+        "tool": "ringbeat-load",
+        "schema": 1,
+        "args": {
+            "connect": a.connect.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+            "clients": a.clients, "ramp": a.ramp,
+            "interval_ms": a.interval.as_millis() as u64, "jitter_pct": a.jitter,
+            "duration_s": a.duration.as_secs_f64(), "hello": a.hello, "mix": a.mix.to_string(),
+            "timeout_ms": a.timeout.as_millis() as u64, "tick_ms": a.tick.as_millis() as u64,
+            "threads": config.threads, "sources": a.sources,
+        },
+        "clients_target": a.clients,
+        "connected": t.connected,
+        "connect_errors": t.connect_errors,
+        "connect_rate_per_s": t.connected as f64 / ramp_s.min(elapsed_s).max(1e-3),
+        "peak_live": w.peak_live,
+        "duration_s": elapsed_s,
+        "heartbeats_sent": t.heartbeats_sent,
+        "heartbeats_answered": t.heartbeats_answered,
+        "heartbeats_lost": t.heartbeats_lost,
+        "heartbeats_per_s": t.heartbeats_sent as f64 / elapsed_s,
+        "rtt_us": t.rtt_json(),
+        "detection_ms": t.detection_json(&config.timing),
+        "silent_total": t.silent_total,
+        "silent_evicted": t.silent_evicted,
+        "false_evictions": t.false_evictions,
+        "unexpected_disconnects": t.unexpected_disconnects,
+        "server_protocol_errors": t.server_protocol_errors,
+        "closes_by_reason": t.closes_by_reason,
+        "server": {
+            "pid": a.server_pid,
+            "rss_bytes_peak": w.rss_peak,
+            "rss_bytes_at_peak_live": w.rss_at_peak_live,
+            "cpu_user_s": server_cpu.0,
+            "cpu_sys_s": server_cpu.1,
+            "sock_mem_bytes_peak": w.sock_mem_peak,
+            "slab_bytes_delta": w.slab_at_peak_live.saturating_sub(w.slab_start),
+        },
+        "loadgen": {
+            "cpu_user_s": me.cpu_user_s,
+            "cpu_sys_s": me.cpu_sys_s,
+            "rss_bytes_peak": me.rss_peak_bytes,
+        },
+    })
+}

@@ -1,0 +1,174 @@
+//! `ringbeat-load` flags, checked into a [`LoadConfig`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::clients::Timing;
+use super::mix::Mix;
+
+/// Sockets one worker ring holds at most: its fixed-file table is capped by
+/// RLIMIT_NOFILE, less a margin for the process's own fds.
+pub const CLIENTS_PER_WORKER_MAX: u64 = 19_000;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 200ms, 3s, 1m)"))
+}
+
+/// Drive simulated heartbeat clients against a ringbeat server (loopback only).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringbeat-load", version)]
+pub struct LoadArgs {
+    /// Server address (repeatable); clients are spread over them
+    #[arg(long = "connect", value_name = "ADDR", required = true)]
+    pub connect: Vec<SocketAddr>,
+    /// Simulated clients
+    #[arg(long, default_value_t = 1000)]
+    pub clients: u64,
+    /// New connections per second
+    #[arg(long, value_name = "PER_SEC", default_value_t = 10_000)]
+    pub ramp: u64,
+    /// PING interval of healthy clients
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub interval: Duration,
+    /// ± jitter of the interval, percent
+    #[arg(long, value_name = "PCT", default_value_t = 10.0)]
+    pub jitter: f64,
+    /// Total run time (the run always stops by itself)
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// Start with HELLO carrying a unique client_id
+    #[arg(long)]
+    pub hello: bool,
+    /// Fault shares, e.g. healthy=0.9,silent=0.05,reset=0.05
+    #[arg(long, default_value = "healthy=1")]
+    pub mix: Mix,
+    /// When a faulty client turns faulty, after it connected
+    #[arg(long, value_parser = parse_duration)]
+    pub fault_after: Option<Duration>,
+    /// The server's --timeout (to judge detection latency)
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+    /// The server's --tick
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub tick: Duration,
+    /// Worker threads, one io_uring each [default: clients / 19000, rounded up]
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Source addresses 127.0.0.1 .. 127.0.0.N (ephemeral ports are per source)
+    #[arg(long, default_value_t = 64)]
+    pub sources: u8,
+    /// Sample this server process (RSS, CPU) and kernel memory
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Write the result JSON here
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<std::path::PathBuf>,
+    /// Use regular fds instead of direct descriptors (capped by nofile)
+    #[arg(long)]
+    pub compat: bool,
+}
+
+/// Checked settings.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub args: LoadArgs,
+    pub threads: usize,
+    pub sources: Vec<Ipv4Addr>,
+    pub timing: Timing,
+}
+
+impl LoadConfig {
+    pub fn from_args(args: LoadArgs) -> Result<LoadConfig, String> {
+        for a in &args.connect {
+            if !a.ip().is_loopback() {
+                return Err(format!(
+                    "--connect {a}: only 127.0.0.0/8 targets are allowed"
+                ));
+            }
+            if !matches!(a.ip(), IpAddr::V4(_)) {
+                return Err(format!("--connect {a}: IPv4 only"));
+            }
+        }
+        if args.clients == 0 || args.ramp == 0 {
+            return Err("--clients and --ramp must be positive".into());
+        }
+        if !(0.0..=90.0).contains(&args.jitter) {
+            return Err("--jitter must be within 0..=90 percent".into());
+        }
+        if args.interval.is_zero() || args.tick.is_zero() || args.timeout <= args.interval {
+            return Err("need 0 < --interval < --timeout and --tick > 0".into());
+        }
+        if args.sources == 0 {
+            return Err("--sources must be at least 1".into());
+        }
+        let min_threads = args.clients.div_ceil(CLIENTS_PER_WORKER_MAX) as usize;
+        let threads = args.threads.unwrap_or(min_threads).max(1);
+        if !args.compat && threads < min_threads {
+            return Err(format!(
+                "--threads {threads} is too few: each ring holds at most {CLIENTS_PER_WORKER_MAX} sockets, so {} clients need {min_threads}",
+                args.clients
+            ));
+        }
+        let sources = (1..=args.sources)
+            .map(|i| Ipv4Addr::new(127, 0, 0, i))
+            .collect();
+        let timing = Timing {
+            interval_ns: args.interval.as_nanos() as u64,
+            jitter: args.jitter / 100.0,
+            fault_after_ns: args.fault_after.unwrap_or(args.interval).as_nanos() as u64,
+            server_timeout_ns: args.timeout.as_nanos() as u64,
+            server_tick_ns: args.tick.as_nanos() as u64,
+        };
+        Ok(LoadConfig {
+            args,
+            threads,
+            sources,
+            timing,
+        })
+    }
+
+    /// Where global client `index` connects from and to.
+    pub fn endpoints(&self, index: u64) -> (Ipv4Addr, u32) {
+        let targets = self.args.connect.len() as u64;
+        let target = (index % targets) as u32;
+        let source = self.sources[((index / targets) % self.sources.len() as u64) as usize];
+        (source, target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<LoadConfig, String> {
+        let mut argv = vec!["ringbeat-load", "--connect", "127.0.0.1:7700"];
+        argv.extend_from_slice(extra);
+        LoadConfig::from_args(LoadArgs::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_threads_follow_clients() {
+        let c = parse(&["--clients", "1000000"]).unwrap();
+        assert_eq!(c.threads, 53);
+        assert_eq!(c.timing.fault_after_ns, 10_000_000_000);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert!(parse(&["--connect", "10.0.0.1:80"]).is_err());
+        assert!(parse(&["--interval", "40s"]).is_err());
+        assert!(parse(&["--clients", "100000", "--threads", "2"]).is_err());
+        assert!(parse(&["--mix", "silent=2"]).is_err());
+    }
+
+    #[test]
+    fn clients_spread_over_sources_and_targets() {
+        let c = parse(&["--connect", "127.0.0.1:7701", "--sources", "4"]).unwrap();
+        assert_eq!(c.endpoints(0), (Ipv4Addr::new(127, 0, 0, 1), 0));
+        assert_eq!(c.endpoints(1), (Ipv4Addr::new(127, 0, 0, 1), 1));
+        assert_eq!(c.endpoints(2), (Ipv4Addr::new(127, 0, 0, 2), 0));
+        assert_eq!(c.endpoints(9), (Ipv4Addr::new(127, 0, 0, 1), 1));
+    }
+}

@@ -1,0 +1,479 @@
+//! One worker's simulated clients as flat arrays, and everything they decide
+//! without I/O: what to send when a client is due, and what received bytes
+//! mean. The worker (`worker`) only moves bytes.
+
+use hdrhistogram::Histogram;
+
+use super::mix::Scenario;
+use super::report::Tally;
+use crate::protocol::{self, CloseReason, Kind, HEADER_LEN};
+
+/// Bytes of each inbound frame a client keeps: a header and a fixed
+/// payload (WELCOME is the largest); the rest of a longer frame is skipped.
+const KEEP: usize = 24;
+/// Time between the bytes of a dribbled PING.
+pub const DRIBBLE_STEP_NS: u64 = 10_000_000;
+
+/// Lifecycle of a simulated client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    Idle = 0,
+    Connecting = 1,
+    Live = 2,
+    /// Told the server goodbye (or sent garbage); waiting for its EOF.
+    Closing = 3,
+    Done = 4,
+}
+
+mod flag {
+    pub const PING_OUTSTANDING: u8 = 1 << 0;
+    pub const FAULTED: u8 = 1 << 1;
+    pub const GOT_CLOSE: u8 = 1 << 2;
+}
+
+/// Timing the clients follow and judge the server by.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub interval_ns: u64,
+    /// ± this fraction of the interval, uniformly.
+    pub jitter: f64,
+    pub fault_after_ns: u64,
+    pub server_timeout_ns: u64,
+    pub server_tick_ns: u64,
+}
+
+/// What the worker must do for a client that came due.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Send these bytes, then call again at `next_ns`.
+    Send {
+        bytes: Vec<u8>,
+        next_ns: Option<u64>,
+    },
+    /// Abort the connection (SO_LINGER 0 was set at creation).
+    Reset,
+    /// Nothing more, ever (silent, or no longer live).
+    Nothing,
+}
+
+/// What received bytes asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Answer a server PING.
+    Pong([u8; 8]),
+    /// The server closed the conversation (CLOSE frame or a bad frame).
+    Close,
+}
+
+/// Flat per-client arrays (about 50 bytes a client).
+#[derive(Debug)]
+pub struct Clients {
+    pub state: Vec<ClientState>,
+    pub scenario: Vec<Scenario>,
+    flags: Vec<u8>,
+    /// When the client last sent a complete frame (detection starts here).
+    pub last_sent_ns: Vec<u64>,
+    pub fault_at_ns: Vec<u64>,
+    partial: Vec<[u8; KEEP]>,
+    partial_len: Vec<u8>,
+    skip: Vec<u32>,
+    /// Bytes of the current dribbled PING already sent.
+    dribble_pos: Vec<u8>,
+    pub send_head: Vec<u32>,
+}
+
+impl Clients {
+    pub fn new(scenarios: Vec<Scenario>) -> Clients {
+        let n = scenarios.len();
+        Clients {
+            state: vec![ClientState::Idle; n],
+            scenario: scenarios,
+            flags: vec![0; n],
+            last_sent_ns: vec![0; n],
+            fault_at_ns: vec![u64::MAX; n],
+            partial: vec![[0; KEEP]; n],
+            partial_len: vec![0; n],
+            skip: vec![0; n],
+            dribble_pos: vec![0; n],
+            send_head: vec![crate::conn_table::NONE; n],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// The connect completed: the client is live from `now_ns`.
+    pub fn on_connected(&mut self, c: u32, now_ns: u64, timing: &Timing) {
+        let i = c as usize;
+        self.state[i] = ClientState::Live;
+        self.last_sent_ns[i] = now_ns;
+        if self.scenario[i] != Scenario::Healthy {
+            self.fault_at_ns[i] = now_ns + timing.fault_after_ns;
+        }
+    }
+
+    /// Client `c` is due at `now_ns`; `unit` is a uniform draw in [0, 1).
+    pub fn on_due(
+        &mut self,
+        c: u32,
+        now_ns: u64,
+        unit: f64,
+        timing: &Timing,
+        tally: &mut Tally,
+    ) -> Due {
+        let i = c as usize;
+        if self.state[i] != ClientState::Live {
+            return Due::Nothing;
+        }
+        let faulted = self.flags[i] & flag::FAULTED != 0;
+        if !faulted && now_ns >= self.fault_at_ns[i] {
+            self.flags[i] |= flag::FAULTED;
+            match self.scenario[i] {
+                Scenario::Silent => return Due::Nothing,
+                Scenario::Reset => {
+                    self.state[i] = ClientState::Done;
+                    return Due::Reset;
+                }
+                Scenario::Close => {
+                    self.state[i] = ClientState::Closing;
+                    let bytes = protocol::close_frame(CloseReason::Normal, "load: goodbye");
+                    return Due::Send {
+                        bytes,
+                        next_ns: None,
+                    };
+                }
+                Scenario::Garbage => {
+                    self.state[i] = ClientState::Closing;
+                    return Due::Send {
+                        bytes: b"GARBAGE!".to_vec(),
+                        next_ns: None,
+                    };
+                }
+                Scenario::Healthy | Scenario::Dribble => {}
+            }
+        }
+        let dribbling = self.flags[i] & flag::FAULTED != 0 && self.scenario[i] == Scenario::Dribble;
+        if dribbling {
+            return self.dribble(i, now_ns, unit, timing, tally);
+        }
+        self.ping_started(i, now_ns, tally);
+        let frame = protocol::ping_frame(now_ns.to_be_bytes());
+        Due::Send {
+            bytes: frame.to_vec(),
+            next_ns: Some(next_ping_ns(now_ns, unit, timing)),
+        }
+    }
+
+    fn ping_started(&mut self, i: usize, now_ns: u64, tally: &mut Tally) {
+        if self.flags[i] & flag::PING_OUTSTANDING != 0 {
+            tally.heartbeats_lost += 1;
+        }
+        self.flags[i] |= flag::PING_OUTSTANDING;
+        self.last_sent_ns[i] = now_ns;
+        tally.heartbeats_sent += 1;
+    }
+
+    /// One byte of a PING; the next byte one step later, the next PING an
+    /// interval after this one started.
+    fn dribble(
+        &mut self,
+        i: usize,
+        now_ns: u64,
+        unit: f64,
+        timing: &Timing,
+        tally: &mut Tally,
+    ) -> Due {
+        let pos = self.dribble_pos[i];
+        if pos == 0 {
+            self.ping_started(i, now_ns, tally);
+        }
+        let frame = protocol::ping_frame(self.last_sent_ns[i].to_be_bytes());
+        let byte = frame[usize::from(pos)];
+        let next_ns = if usize::from(pos) + 1 < frame.len() {
+            self.dribble_pos[i] = pos + 1;
+            now_ns + DRIBBLE_STEP_NS
+        } else {
+            self.dribble_pos[i] = 0;
+            let started = self.last_sent_ns[i];
+            next_ping_ns(started, unit, timing).max(now_ns + DRIBBLE_STEP_NS)
+        };
+        Due::Send {
+            bytes: vec![byte],
+            next_ns: Some(next_ns),
+        }
+    }
+
+    /// Bytes arrived for client `c`. Replies go to `out`.
+    pub fn on_bytes(
+        &mut self,
+        c: u32,
+        mut data: &[u8],
+        now_ns: u64,
+        timing: &Timing,
+        tally: &mut Tally,
+        out: &mut Vec<Reply>,
+    ) {
+        let i = c as usize;
+        while !data.is_empty() {
+            if self.skip[i] > 0 {
+                let n = data.len().min(self.skip[i] as usize);
+                self.skip[i] -= n as u32;
+                data = &data[n..];
+                continue;
+            }
+            data = self.take(i, data, HEADER_LEN);
+            if usize::from(self.partial_len[i]) < HEADER_LEN {
+                return;
+            }
+            let Some(keep) = self.kept_len(i) else {
+                tally.server_protocol_errors += 1;
+                self.partial_len[i] = 0;
+                out.push(Reply::Close);
+                return;
+            };
+            data = self.take(i, data, keep);
+            if usize::from(self.partial_len[i]) < keep {
+                return;
+            }
+            self.frame_done(i, now_ns, timing, tally, out);
+        }
+    }
+
+    /// Copies from `data` until `want` bytes are kept; returns the rest.
+    fn take<'a>(&mut self, i: usize, data: &'a [u8], want: usize) -> &'a [u8] {
+        let have = usize::from(self.partial_len[i]);
+        let n = want.saturating_sub(have).min(data.len());
+        self.partial[i][have..have + n].copy_from_slice(&data[..n]);
+        self.partial_len[i] += n as u8;
+        &data[n..]
+    }
+
+    /// How many bytes of the frame whose header is kept to keep; `None` for
+    /// an invalid header.
+    fn kept_len(&self, i: usize) -> Option<usize> {
+        let header: &[u8; HEADER_LEN] = self.partial[i][..HEADER_LEN].try_into().unwrap();
+        let h = protocol::parse_header(header, u32::MAX).ok()?;
+        Some(h.frame_len().min(KEEP))
+    }
+
+    /// The kept bytes of a frame are in; handles it and skips its rest.
+    fn frame_done(
+        &mut self,
+        i: usize,
+        now_ns: u64,
+        timing: &Timing,
+        tally: &mut Tally,
+        out: &mut Vec<Reply>,
+    ) {
+        let kept = usize::from(self.partial_len[i]);
+        let header: &[u8; HEADER_LEN] = self.partial[i][..HEADER_LEN].try_into().unwrap();
+        let Ok(h) = protocol::parse_header(header, u32::MAX) else {
+            tally.server_protocol_errors += 1;
+            out.push(Reply::Close);
+            return;
+        };
+        self.skip[i] = (h.frame_len() - kept) as u32;
+        self.partial_len[i] = 0;
+        let payload = &self.partial[i][HEADER_LEN..kept];
+        match h.kind {
+            Kind::Pong if payload.len() == 8 => {
+                let sent_ns = u64::from_be_bytes(payload.try_into().unwrap());
+                self.flags[i] &= !flag::PING_OUTSTANDING;
+                tally.heartbeats_answered += 1;
+                if self.scenario[i] == Scenario::Healthy && sent_ns <= now_ns {
+                    record(&mut tally.rtt_us, (now_ns - sent_ns) / 1_000);
+                }
+            }
+            Kind::Ping if payload.len() == 8 => {
+                out.push(Reply::Pong(payload.try_into().unwrap()));
+            }
+            Kind::Close if payload.len() >= 2 => {
+                let reason = u16::from_be_bytes([payload[0], payload[1]]);
+                self.flags[i] |= flag::GOT_CLOSE;
+                self.on_server_close(i, reason, now_ns, timing, tally);
+                out.push(Reply::Close);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_server_close(
+        &mut self,
+        i: usize,
+        reason: u16,
+        now_ns: u64,
+        timing: &Timing,
+        tally: &mut Tally,
+    ) {
+        tally.count_close(reason);
+        if reason != CloseReason::Timeout.code() {
+            return;
+        }
+        let scenario = self.scenario[i];
+        let faulted = self.flags[i] & flag::FAULTED != 0;
+        if scenario == Scenario::Silent && faulted {
+            tally.silent_evicted += 1;
+            let silent_ns = now_ns.saturating_sub(self.last_sent_ns[i]);
+            tally.detection(silent_ns, timing);
+        } else {
+            tally.false_evictions += 1;
+        }
+    }
+
+    /// The stream ended (EOF or reset) for client `c`.
+    pub fn on_eof(&mut self, c: u32, reset: bool, now_ns: u64, timing: &Timing, tally: &mut Tally) {
+        let i = c as usize;
+        let got_close = self.flags[i] & flag::GOT_CLOSE != 0;
+        if !got_close {
+            tally.count_close_name(if reset { "reset" } else { "eof" });
+            let faulted = self.flags[i] & flag::FAULTED != 0;
+            if self.scenario[i] == Scenario::Silent && faulted {
+                // Evicted without a readable CLOSE: still a detection.
+                tally.silent_evicted += 1;
+                tally.detection(now_ns.saturating_sub(self.last_sent_ns[i]), timing);
+            } else if self.state[i] == ClientState::Live && self.scenario[i].stays_alive() {
+                tally.unexpected_disconnects += 1;
+            }
+        }
+        self.state[i] = ClientState::Done;
+    }
+}
+
+fn next_ping_ns(from_ns: u64, unit: f64, timing: &Timing) -> u64 {
+    let factor = 1.0 + timing.jitter * (2.0 * unit - 1.0);
+    from_ns + (timing.interval_ns as f64 * factor.max(0.05)) as u64
+}
+
+fn record(h: &mut Histogram<u64>, v: u64) {
+    let _ = h.record(v.max(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            interval_ns: 1_000_000_000,
+            jitter: 0.0,
+            fault_after_ns: 3_000_000_000,
+            server_timeout_ns: 3_000_000_000,
+            server_tick_ns: 100_000_000,
+        }
+    }
+
+    fn live(scenarios: Vec<Scenario>) -> Clients {
+        let mut c = Clients::new(scenarios);
+        for i in 0..c.len() as u32 {
+            c.on_connected(i, 0, &timing());
+        }
+        c
+    }
+
+    #[test]
+    fn healthy_pings_every_interval_and_measures_rtt() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![Scenario::Healthy]);
+        let Due::Send { bytes, next_ns } = c.on_due(0, 5_000, 0.5, &t, &mut tally) else {
+            panic!("a healthy client pings");
+        };
+        assert_eq!(bytes, protocol::ping_frame(5_000u64.to_be_bytes()));
+        assert_eq!(next_ns, Some(1_000_005_000));
+        let pong = protocol::pong_frame(5_000u64.to_be_bytes());
+        let mut out = Vec::new();
+        // Split at every byte: reassembly must not care.
+        for b in pong {
+            c.on_bytes(0, &[b], 2_005_000, &t, &mut tally, &mut out);
+        }
+        assert!(out.is_empty());
+        assert_eq!((tally.heartbeats_sent, tally.heartbeats_answered), (1, 1));
+        assert_eq!(tally.rtt_us.max(), 2_000);
+    }
+
+    #[test]
+    fn an_unanswered_ping_is_lost() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![Scenario::Healthy]);
+        c.on_due(0, 0, 0.5, &t, &mut tally);
+        c.on_due(0, 1_000_000_000, 0.5, &t, &mut tally);
+        assert_eq!(tally.heartbeats_lost, 1);
+    }
+
+    #[test]
+    fn silent_client_stops_and_its_eviction_is_a_detection() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![Scenario::Silent]);
+        c.on_due(0, 2_000_000_000, 0.5, &t, &mut tally);
+        assert_eq!(
+            c.on_due(0, 3_000_000_000, 0.5, &t, &mut tally),
+            Due::Nothing
+        );
+        let close = protocol::close_frame(CloseReason::Timeout, "timeout");
+        let mut out = Vec::new();
+        c.on_bytes(0, &close, 5_050_000_000, &t, &mut tally, &mut out);
+        assert_eq!(out, [Reply::Close]);
+        assert_eq!((tally.silent_evicted, tally.false_evictions), (1, 0));
+        let max = tally.detection_ms.max();
+        assert!(
+            (3_049..=3_051).contains(&max),
+            "{max} (3 significant digits)"
+        );
+        assert_eq!(
+            (tally.detection_within_bound, tally.detection_early),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn a_healthy_client_timed_out_is_a_false_eviction() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![Scenario::Healthy]);
+        let mut out = Vec::new();
+        let close = protocol::close_frame(CloseReason::Timeout, "");
+        c.on_bytes(0, &close, 1, &t, &mut tally, &mut out);
+        assert_eq!(tally.false_evictions, 1);
+    }
+
+    #[test]
+    fn server_pings_are_answered_and_long_frames_skipped() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![Scenario::Healthy]);
+        let mut bytes = protocol::data_frame(&[7; 300], 1024).unwrap();
+        bytes.extend(protocol::ping_frame([9; 8]));
+        let mut out = Vec::new();
+        c.on_bytes(0, &bytes, 1, &t, &mut tally, &mut out);
+        assert_eq!(out, [Reply::Pong([9; 8])]);
+    }
+
+    #[test]
+    fn faults_follow_their_scenario() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![
+            Scenario::Reset,
+            Scenario::Close,
+            Scenario::Garbage,
+            Scenario::Dribble,
+        ]);
+        let at = 3_000_000_000;
+        assert_eq!(c.on_due(0, at, 0.5, &t, &mut tally), Due::Reset);
+        assert!(matches!(
+            c.on_due(1, at, 0.5, &t, &mut tally),
+            Due::Send { next_ns: None, .. }
+        ));
+        assert_eq!(c.state[1], ClientState::Closing);
+        assert!(matches!(
+            c.on_due(2, at, 0.5, &t, &mut tally),
+            Due::Send { next_ns: None, .. }
+        ));
+        let Due::Send { bytes, next_ns } = c.on_due(3, at, 0.5, &t, &mut tally) else {
+            panic!("dribble sends");
+        };
+        assert_eq!((bytes.len(), next_ns), (1, Some(at + DRIBBLE_STEP_NS)));
+    }
+}

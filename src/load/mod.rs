@@ -1,0 +1,16 @@
+//! `ringbeat-load`: drives many simulated heartbeat clients against a
+//! ringbeat server over loopback and measures what a user cares about — RTT,
+//! heartbeats lost, how fast silent peers are detected, false evictions.
+//!
+//! Layout: `mix` (fault scenarios), `args` (flags), `clients` (per-thread
+//! client state and frame handling, sans-IO), `wheel` (timer wheel),
+//! `report` (counters, histograms, JSON), `sample` (server and kernel
+//! memory/CPU from /proc), `worker` (the io_uring driver, one per thread).
+
+pub mod args;
+pub mod clients;
+pub mod mix;
+pub mod report;
+pub mod sample;
+pub mod wheel;
+pub mod worker;

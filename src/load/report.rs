@@ -1,0 +1,208 @@
+//! What a run measured: per-worker tallies merged at the end, live progress
+//! counters, and the result JSON (schema 1; keys are a contract with the
+//! bench and capacity scripts).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use super::clients::Timing;
+use crate::protocol::CloseReason;
+
+/// Measurement slack on the detection bound (see [`Tally::detection`]).
+pub const MEASURE_SLACK_NS: u64 = 10_000_000;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// One worker's counts and histograms.
+#[derive(Debug)]
+pub struct Tally {
+    pub connected: u64,
+    pub connect_errors: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_answered: u64,
+    pub heartbeats_lost: u64,
+    /// Healthy clients' PING → PONG, microseconds.
+    pub rtt_us: Histogram<u64>,
+    /// Silent clients' last frame → CLOSE(TIMEOUT) or EOF, milliseconds.
+    pub detection_ms: Histogram<u64>,
+    pub detection_within_bound: u64,
+    pub detection_late: u64,
+    pub detection_early: u64,
+    pub silent_total: u64,
+    pub silent_evicted: u64,
+    pub false_evictions: u64,
+    pub unexpected_disconnects: u64,
+    pub server_protocol_errors: u64,
+    pub closes_by_reason: BTreeMap<&'static str, u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            connected: 0,
+            connect_errors: 0,
+            heartbeats_sent: 0,
+            heartbeats_answered: 0,
+            heartbeats_lost: 0,
+            rtt_us: histogram(),
+            detection_ms: histogram(),
+            detection_within_bound: 0,
+            detection_late: 0,
+            detection_early: 0,
+            silent_total: 0,
+            silent_evicted: 0,
+            false_evictions: 0,
+            unexpected_disconnects: 0,
+            server_protocol_errors: 0,
+            closes_by_reason: BTreeMap::new(),
+        }
+    }
+}
+
+impl Tally {
+    pub fn count_close(&mut self, code: u16) {
+        let name = CloseReason::from_code(code).map_or("unknown", |r| r.name());
+        self.count_close_name(name);
+    }
+
+    pub fn count_close_name(&mut self, name: &'static str) {
+        *self.closes_by_reason.entry(name).or_default() += 1;
+    }
+
+    /// A silent client was detected `silent_ns` after its last frame. The
+    /// server promises timeout ≤ detection ≤ timeout + tick; measured from
+    /// this side that also holds two loopback trips and both event loops'
+    /// wake-up, which [`MEASURE_SLACK_NS`] allows for (late ones are counted,
+    /// not hidden: see `max`).
+    pub fn detection(&mut self, silent_ns: u64, timing: &Timing) {
+        let _ = self.detection_ms.record((silent_ns / 1_000_000).max(1));
+        let bound = timing.server_timeout_ns + timing.server_tick_ns + MEASURE_SLACK_NS;
+        if silent_ns < timing.server_timeout_ns {
+            self.detection_early += 1;
+        } else if silent_ns <= bound {
+            self.detection_within_bound += 1;
+        } else {
+            self.detection_late += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        self.connected += other.connected;
+        self.connect_errors += other.connect_errors;
+        self.heartbeats_sent += other.heartbeats_sent;
+        self.heartbeats_answered += other.heartbeats_answered;
+        self.heartbeats_lost += other.heartbeats_lost;
+        let _ = self.rtt_us.add(&other.rtt_us);
+        let _ = self.detection_ms.add(&other.detection_ms);
+        self.detection_within_bound += other.detection_within_bound;
+        self.detection_late += other.detection_late;
+        self.detection_early += other.detection_early;
+        self.silent_total += other.silent_total;
+        self.silent_evicted += other.silent_evicted;
+        self.false_evictions += other.false_evictions;
+        self.unexpected_disconnects += other.unexpected_disconnects;
+        self.server_protocol_errors += other.server_protocol_errors;
+        for (k, v) in &other.closes_by_reason {
+            *self.closes_by_reason.entry(k).or_default() += v;
+        }
+    }
+
+    pub fn rtt_json(&self) -> Value {
+        let h = &self.rtt_us;
+        json!({
+            "count": h.len(),
+            "p50": h.value_at_quantile(0.5),
+            "p99": h.value_at_quantile(0.99),
+            "p999": h.value_at_quantile(0.999),
+            "max": h.max(),
+        })
+    }
+
+    pub fn detection_json(&self, timing: &Timing) -> Value {
+        let h = &self.detection_ms;
+        json!({
+            "count": h.len(),
+            "p50": h.value_at_quantile(0.5),
+            "p99": h.value_at_quantile(0.99),
+            "max": h.max(),
+            "timeout_ms": timing.server_timeout_ns / 1_000_000,
+            "tick_ms": timing.server_tick_ns / 1_000_000,
+            "slack_ms": MEASURE_SLACK_NS / 1_000_000,
+            "within_bound": self.detection_within_bound,
+            "late": self.detection_late,
+            "early": self.detection_early,
+        })
+    }
+}
+
+/// Live counters a worker publishes for the progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub connected: AtomicU64,
+    pub live: AtomicU64,
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_answered: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A snapshot of every worker's progress, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgressSum {
+    pub connected: u64,
+    pub live: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_answered: u64,
+    pub errors: u64,
+}
+
+impl ProgressSum {
+    pub fn of(workers: &[std::sync::Arc<Progress>]) -> ProgressSum {
+        let mut s = ProgressSum::default();
+        for p in workers {
+            s.connected += p.connected.load(Ordering::Relaxed);
+            s.live += p.live.load(Ordering::Relaxed);
+            s.heartbeats_sent += p.heartbeats_sent.load(Ordering::Relaxed);
+            s.heartbeats_answered += p.heartbeats_answered.load(Ordering::Relaxed);
+            s.errors += p.errors.load(Ordering::Relaxed);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_is_judged_against_timeout_and_tick() {
+        let timing = Timing {
+            interval_ns: 1_000_000_000,
+            jitter: 0.0,
+            fault_after_ns: 0,
+            server_timeout_ns: 3_000_000_000,
+            server_tick_ns: 100_000_000,
+        };
+        let mut t = Tally::default();
+        for ms in [2_999, 3_000, 3_110, 3_111] {
+            t.detection(ms * 1_000_000, &timing);
+        }
+        assert_eq!(
+            (
+                t.detection_early,
+                t.detection_within_bound,
+                t.detection_late
+            ),
+            (1, 2, 1)
+        );
+        let mut all = Tally::default();
+        all.merge(&t);
+        all.merge(&t);
+        assert_eq!(all.detection_ms.len(), 8);
+        assert_eq!(all.detection_json(&timing)["late"], 2);
+    }
+}

@@ -1,0 +1,84 @@
+//! Server and kernel resource samples read from /proc: RSS and CPU of a
+//! process, TCP socket memory (/proc/net/sockstat) and kernel slab.
+
+use std::fs;
+
+/// Clock ticks per second of /proc/PID/stat CPU times (USER_HZ: 100 on
+/// every mainstream Linux architecture).
+const USER_HZ: f64 = 100.0;
+const PAGE_BYTES: u64 = 4096;
+
+/// One reading of a process.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcSample {
+    pub rss_bytes: u64,
+    /// Peak RSS so far (VmHWM).
+    pub rss_peak_bytes: u64,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+}
+
+/// Reads `/proc/PID/{status,stat}` (`pid` may be "self").
+pub fn process(pid: &str) -> Option<ProcSample> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(ProcSample {
+        rss_bytes: rss_like(&status, "VmRSS:")?,
+        rss_peak_bytes: rss_like(&status, "VmHWM:")?,
+        cpu_user_s: stat_field(&stat, 14)? as f64 / USER_HZ,
+        cpu_sys_s: stat_field(&stat, 15)? as f64 / USER_HZ,
+    })
+}
+
+/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat; the command name
+/// may hold spaces, so count from its closing parenthesis.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Bytes of TCP socket buffers in use (sockstat `TCP: … mem N`, pages).
+pub fn tcp_mem_bytes() -> Option<u64> {
+    let s = fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "mem" {
+            return words.next()?.parse::<u64>().ok().map(|p| p * PAGE_BYTES);
+        }
+    }
+    None
+}
+
+/// Kernel slab bytes (/proc/meminfo `Slab:`).
+pub fn slab_bytes() -> Option<u64> {
+    let s = fs::read_to_string("/proc/meminfo").ok()?;
+    rss_like(&s, "Slab:")
+}
+
+/// A `Key:   N kB` line of a /proc file, in bytes.
+fn rss_like(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let stat = "42 (my prog) S 1 2 3 4 5 6 7 8 9 10 250 125 0 0";
+        assert_eq!(stat_field(stat, 14), Some(250));
+        assert_eq!(stat_field(stat, 15), Some(125));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = process("self").expect("/proc/self");
+        assert!(me.rss_bytes > 0);
+        assert!(slab_bytes().is_some());
+        assert!(tcp_mem_bytes().is_some());
+    }
+}

@@ -1,0 +1,80 @@
+//! `ringbeat-load` against an in-process server: every scenario behaves,
+//! silent clients are evicted and only they, and the JSON has its keys.
+//! Behaviour only: latency figures are printed, never asserted.
+
+mod common;
+
+use std::process::Command;
+
+use common::{start, stop, timed_args};
+use ringbeat::config::IoMode;
+
+#[test]
+fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
+    let server = start(timed_args(IoMode::Auto, 500, 1_500, 50));
+    let addr = server.local_addrs()[0].to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("load.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
+        .args(["--connect", &addr, "--clients", "300", "--ramp", "1000"])
+        .args([
+            "--interval",
+            "500ms",
+            "--timeout",
+            "1500ms",
+            "--tick",
+            "50ms",
+        ])
+        .args(["--fault-after", "500ms", "--duration", "6s", "--hello"])
+        .args([
+            "--mix",
+            "silent=0.2,reset=0.1,close=0.1,garbage=0.1,dribble=0.1",
+        ])
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("run ringbeat-load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ringbeat-load failed:\n{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert_eq!(r["tool"], "ringbeat-load");
+    assert_eq!(r["schema"], 1);
+    assert_eq!(r["connected"], 300);
+    assert_eq!(r["connect_errors"], 0);
+    assert_eq!(r["false_evictions"], 0);
+    assert_eq!(r["unexpected_disconnects"], 0);
+    assert_eq!(r["server_protocol_errors"], 0);
+    let silent = r["silent_total"].as_u64().unwrap();
+    assert!(
+        silent > 20,
+        "the mix gives about 60 silent clients: {silent}"
+    );
+    assert_eq!(r["silent_evicted"].as_u64().unwrap(), silent);
+    assert_eq!(r["detection_ms"]["early"], 0, "evicted before the timeout");
+    assert!(r["closes_by_reason"]["protocol_error"].as_u64().unwrap() > 0);
+    assert!(r["closes_by_reason"]["timeout"].as_u64().unwrap() >= silent);
+    assert!(r["heartbeats_answered"].as_u64().unwrap() > 300);
+    for key in [
+        "rtt_us",
+        "detection_ms",
+        "server",
+        "loadgen",
+        "heartbeats_per_s",
+        "peak_live",
+    ] {
+        assert!(!r[key].is_null(), "result lacks {key}");
+    }
+    stop(server);
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
+        .args(["--connect", "10.1.2.3:7700"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"));
+}
