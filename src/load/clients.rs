@@ -2,8 +2,6 @@
 //! without I/O: what to send when a client is due, and what received bytes
 //! mean. The worker (`worker`) only moves bytes.
 
-use hdrhistogram::Histogram;
-
 use super::mix::Scenario;
 use super::report::Tally;
 use crate::protocol::{self, CloseReason, Kind, HEADER_LEN};
@@ -287,7 +285,7 @@ impl Clients {
                 self.flags[i] &= !flag::PING_OUTSTANDING;
                 tally.heartbeats_answered += 1;
                 if self.scenario[i] == Scenario::Healthy && sent_ns <= now_ns {
-                    record(&mut tally.rtt_us, (now_ns - sent_ns) / 1_000);
+                    tally.rtt((now_ns - sent_ns) / 1_000);
                 }
             }
             Kind::Ping if payload.len() == 8 => {
@@ -350,10 +348,6 @@ fn next_ping_ns(from_ns: u64, unit: f64, timing: &Timing) -> u64 {
     from_ns + (timing.interval_ns as f64 * factor.max(0.05)) as u64
 }
 
-fn record(h: &mut Histogram<u64>, v: u64) {
-    let _ = h.record(v.max(1));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +373,7 @@ mod tests {
     #[test]
     fn healthy_pings_every_interval_and_measures_rtt() {
         let (t, mut tally) = (timing(), Tally::default());
+        tally.steady = true;
         let mut c = live(vec![Scenario::Healthy]);
         let Due::Send { bytes, next_ns } = c.on_due(0, 5_000, 0.5, &t, &mut tally) else {
             panic!("a healthy client pings");

@@ -26,8 +26,13 @@ pub struct Tally {
     pub heartbeats_sent: u64,
     pub heartbeats_answered: u64,
     pub heartbeats_lost: u64,
-    /// Healthy clients' PING → PONG, microseconds.
+    /// Healthy clients' PING → PONG once this worker's ramp is over,
+    /// microseconds.
     pub rtt_us: Histogram<u64>,
+    /// The same while connections were still being opened.
+    pub rtt_ramp_us: Histogram<u64>,
+    /// Whether the ramp is over (where RTTs go).
+    pub steady: bool,
     /// Silent clients' last frame → CLOSE(TIMEOUT) or EOF, milliseconds.
     pub detection_ms: Histogram<u64>,
     pub detection_within_bound: u64,
@@ -50,6 +55,8 @@ impl Default for Tally {
             heartbeats_answered: 0,
             heartbeats_lost: 0,
             rtt_us: histogram(),
+            rtt_ramp_us: histogram(),
+            steady: false,
             detection_ms: histogram(),
             detection_within_bound: 0,
             detection_late: 0,
@@ -98,6 +105,7 @@ impl Tally {
         self.heartbeats_answered += other.heartbeats_answered;
         self.heartbeats_lost += other.heartbeats_lost;
         let _ = self.rtt_us.add(&other.rtt_us);
+        let _ = self.rtt_ramp_us.add(&other.rtt_ramp_us);
         let _ = self.detection_ms.add(&other.detection_ms);
         self.detection_within_bound += other.detection_within_bound;
         self.detection_late += other.detection_late;
@@ -112,8 +120,22 @@ impl Tally {
         }
     }
 
-    pub fn rtt_json(&self) -> Value {
-        let h = &self.rtt_us;
+    /// Records one RTT where it belongs (ramp or steady state).
+    pub fn rtt(&mut self, rtt_us: u64) {
+        let h = if self.steady {
+            &mut self.rtt_us
+        } else {
+            &mut self.rtt_ramp_us
+        };
+        let _ = h.record(rtt_us.max(1));
+    }
+
+    pub fn rtt_json(&self, ramp: bool) -> Value {
+        let h = if ramp {
+            &self.rtt_ramp_us
+        } else {
+            &self.rtt_us
+        };
         json!({
             "count": h.len(),
             "p50": h.value_at_quantile(0.5),

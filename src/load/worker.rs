@@ -176,6 +176,9 @@ impl Worker {
     fn start_connects(&mut self, now_ns: u64) -> std::io::Result<()> {
         let allowed = (self.spec.ramp_per_s * now_ns as f64 / 1e9) as u64 + 1;
         let allowed = allowed.min(u64::from(self.spec.count)) as u32;
+        if self.next_connect == self.spec.count && self.connecting == 0 {
+            self.tally.steady = true;
+        }
         while self.next_connect < allowed && self.connecting < CONNECTING_MAX {
             let c = self.next_connect;
             self.next_connect += 1;

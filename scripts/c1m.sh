@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# One million concurrent heartbeat clients against one ringbeat process on
+# this box, with a soak, and the figures that matter for capacity:
+#   bash scripts/c1m.sh [--quick] [--clients N] [--soak DUR] [--ramp PER_SEC]
+#
+# Applies the sysctls it needs (printed, restored on exit), starts
+# `ringbeat serve` with enough shards for RLIMIT_NOFILE-capped rings, ramps
+# `ringbeat-load` to N clients (30 s interval, 1% silent), soaks, samples
+# server RSS, kernel Slab, /proc/net/sockstat and CPU, and writes
+# results/c1m-DATE.json and results/c1m-DATE.md. Loopback only; bounded by
+# ramp + soak + 60 s; everything it starts is killed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+clients=1000000
+soak=600
+ramp=20000
+interval=30s
+timeout=60s
+tick=100ms
+silent=0.01
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) soak=120; shift ;;
+    --clients) clients=$2; shift 2 ;;
+    --soak) soak=$2; shift 2 ;;
+    --ramp) ramp=$2; shift 2 ;;
+    *) echo "usage: $0 [--quick] [--clients N] [--soak SECONDS] [--ramp PER_SEC]" >&2; exit 2 ;;
+  esac
+done
+port=${RINGBEAT_C1M_PORT:-7800}
+metrics_port=$((port + 1))
+stamp=$(date -u +%Y%m%d-%H%M%S)
+out=results/c1m-$stamp
+mkdir -p results
+
+# ---- sysctls: print, apply, restore on exit --------------------------------
+declare -A want=(
+  [net.ipv4.ip_local_port_range]="1024 65000"
+  [net.core.somaxconn]=65535
+  [net.ipv4.tcp_max_syn_backlog]=65535
+  [net.core.netdev_max_backlog]=65535
+  [fs.file-max]=4194304
+  [net.netfilter.nf_conntrack_max]=4194304
+)
+declare -A saved=()
+restore() {
+  for k in "${!saved[@]}"; do sysctl -qw "$k=${saved[$k]}" 2>/dev/null || true; done
+  [ ${#saved[@]} -gt 0 ] && echo "c1m: sysctls restored"
+}
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  restore
+}
+trap cleanup EXIT
+for k in "${!want[@]}"; do
+  old=$(sysctl -n "$k" 2>/dev/null | tr '\t' ' ') || continue
+  saved[$k]=$old
+  echo "c1m: sysctl $k: '$old' -> '${want[$k]}'"
+  sysctl -qw "$k=${want[$k]}" || echo "c1m: (could not set $k)"
+done
+
+# ---- build and start the server -------------------------------------------
+cargo build --release --quiet --bin ringbeat --bin ringbeat-load
+per_ring=19000
+shards=$(( (clients * 105 / 100 + per_ring - 1) / per_ring ))
+[ "$shards" -lt 2 ] && shards=2
+cat > "$out-server.toml" <<TOML
+# Small per-shard pools: many shards, little traffic each.
+recv_buffers = 64
+send_chunks = 256
+TOML
+./target/release/ringbeat serve --listen 127.0.0.1:$port --metrics 127.0.0.1:$metrics_port \
+  --shards "$shards" --max-connections $((clients * 11 / 10)) \
+  --interval $interval --timeout $timeout --tick $tick --config "$out-server.toml" \
+  2> "$out-server.log" &
+server=$!
+pids+=("$server")
+sleep 2
+kill -0 "$server" 2>/dev/null || { cat "$out-server.log"; exit 1; }
+echo "c1m: server pid $server, $shards shards, kernel $(uname -r)"
+
+# ---- sample server and kernel every 5 s ------------------------------------
+sampler() {
+  echo "t_s,live,server_rss_kb,slab_kb,tcp_mem_pages,tcp_inuse,server_utime,server_stime"
+  local t0; t0=$(date +%s)
+  while kill -0 "$server" 2>/dev/null; do
+    local live rss slab sock stat
+    live=$(curl -s "127.0.0.1:$metrics_port/metrics" | awk '$1=="ringbeat_connections" {print $2}')
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null)
+    slab=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
+    sock=$(awk '/^TCP:/ {for (i=1;i<=NF;i++) {if ($i=="mem") m=$(i+1); if ($i=="inuse") u=$(i+1)}; print m "," u}' /proc/net/sockstat)
+    stat=$(awk '{sub(/.*\) /, ""); print $12 "," $13}' "/proc/$server/stat" 2>/dev/null)
+    echo "$(( $(date +%s) - t0 )),${live:-0},${rss:-0},$slab,$sock,$stat"
+    sleep 5
+  done
+}
+sampler > "$out-samples.csv" &
+pids+=("$!")
+
+# ---- load ------------------------------------------------------------------
+ramp_s=$(( (clients + ramp - 1) / ramp ))
+duration=$(( ramp_s + soak ))
+echo "c1m: ramp $clients clients at $ramp/s (~${ramp_s}s), soak ${soak}s"
+slab_before=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
+rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
+set +e
+./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp "$ramp" \
+  --interval $interval --timeout $timeout --tick $tick --mix "silent=$silent" --hello \
+  --fault-after $interval --duration "${duration}s" --server-pid "$server" \
+  --json "$out-load.json" 2> "$out-load.log" > /dev/null
+load_rc=$?
+set -e
+tail -3 "$out-load.log"
+
+python3 - "$out" "$clients" "$shards" "$slab_before" "$rss_before" "$load_rc" "$soak" <<'PY'
+import csv, json, platform, sys
+out, clients, shards, slab_before, rss_before, load_rc, soak = sys.argv[1:]
+clients, shards, slab_before, rss_before = int(clients), int(shards), int(slab_before), int(rss_before)
+load = json.load(open(out + "-load.json"))
+rows = list(csv.DictReader(open(out + "-samples.csv")))
+peak = max(rows, key=lambda r: int(r["live"] or 0)) if rows else {}
+live = int(peak.get("live", 0) or 0)
+rss_kb = int(peak.get("server_rss_kb", 0) or 0)
+slab_kb = int(peak.get("slab_kb", 0) or 0)
+srv = load["server"]
+hb_s = load["heartbeats_per_s"]
+cpu_s = srv["cpu_user_s"] + srv["cpu_sys_s"]
+summary = {
+    "tool": "c1m.sh", "schema": 1, "kernel": platform.release(),
+    "clients_target": clients, "shards": shards, "soak_s": int(soak),
+    "peak_live_server": live, "peak_live_loadgen": load["peak_live"],
+    "server_rss_bytes_at_peak": rss_kb * 1024,
+    "server_user_bytes_per_connection": (rss_kb - rss_before) * 1024 / max(live, 1),
+    "kernel_slab_bytes_per_connection_pair": (slab_kb - slab_before) * 1024 / max(live, 1),
+    "server_cpu_s": cpu_s, "server_cpu_util_avg": cpu_s / max(load["duration_s"], 1),
+    "heartbeats_per_s": hb_s,
+    "connect_rate_per_s": load["connect_rate_per_s"],
+    "rtt_us": load["rtt_us"], "detection_ms": load["detection_ms"],
+    "silent_total": load["silent_total"], "silent_evicted": load["silent_evicted"],
+    "false_evictions": load["false_evictions"], "connect_errors": load["connect_errors"],
+    "heartbeats_lost": load["heartbeats_lost"], "load_exit": int(load_rc),
+    "load": load,
+}
+json.dump(summary, open(out + ".json", "w"), indent=2)
+d = load["detection_ms"]; r = load["rtt_us"]; rr = load["rtt_ramp_us"]
+md = f"""# c1m run {out.split('c1m-')[1]}
+
+| figure | value |
+|---|---|
+| kernel | {summary['kernel']} |
+| clients target / peak live (server) | {clients:,} / {live:,} |
+| shards (rings) | {shards} |
+| server RSS at peak | {rss_kb/1024:.0f} MiB |
+| server user-space bytes / connection | {summary['server_user_bytes_per_connection']:.0f} |
+| kernel slab bytes / connection (both ends) | {summary['kernel_slab_bytes_per_connection_pair']:.0f} |
+| heartbeats / s | {hb_s:,.0f} |
+| server CPU (avg of one core) | {summary['server_cpu_util_avg']*100:.1f}% |
+| connect rate / s | {load['connect_rate_per_s']:,.0f} |
+| RTT p50 / p99 / p99.9 / max (µs), steady state | {r['p50']} / {r['p99']} / {r['p999']} / {r['max']} |
+| RTT p50 / p99 / max (µs), during the ramp | {rr['p50']} / {rr['p99']} / {rr['max']} |
+| detection p50 / p99 / max (ms), timeout {d['timeout_ms']} + tick {d['tick_ms']} | {d['p50']} / {d['p99']} / {d['max']} |
+| silent evicted / total | {load['silent_evicted']} / {load['silent_total']} |
+| detections early / late | {d['early']} / {d['late']} |
+| false evictions | {load['false_evictions']} |
+| connect errors | {load['connect_errors']} |
+| heartbeats lost | {load['heartbeats_lost']} |
+"""
+open(out + ".md", "w").write(md)
+print(md)
+print(f"wrote {out}.json and {out}.md")
+ok = live >= clients and load["false_evictions"] == 0 and load["silent_evicted"] == load["silent_total"]
+sys.exit(0 if ok else 1)
+PY
