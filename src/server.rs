@@ -21,7 +21,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::events::{self, Event, EventSender};
 use crate::heartbeat::Timing;
 use crate::registry::Control;
-use crate::ring::{self, Features, Ring, RingSetup};
+use crate::ring::{self, Features, RingSetup};
 use crate::shard::{IoPlan, Shard, ShardSpec};
 use crate::stash::StashPool;
 use crate::stats::Stats;
@@ -326,19 +326,36 @@ fn spawn_shards(
 ) -> anyhow::Result<Vec<JoinHandle<std::io::Result<()>>>> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
+    // Each shard builds its ring on its own thread (a single-issuer ring
+    // belongs to the thread that made it) and reports here before serving.
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
     for (id, (listeners, control_rx)) in listeners.into_iter().zip(receivers).enumerate() {
         let spec = shard_spec(shared, id as u16, listeners, control_rx)
             .with_context(|| format!("cannot set up shard {id}"))?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let ready = ready_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("ringbeat-shard-{id}"))
             .spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                Shard::new(spec).run()
+                let shard = Shard::new(spec);
+                let _ = ready.send((id, shard.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+                shard?.run()
             })?;
         threads.push(t);
+    }
+    for _ in 0..threads.len() {
+        let (id, result) = ready_rx
+            .recv()
+            .context("a shard thread died while starting")?;
+        if let Err(e) = result {
+            for tx in &shared.peers.senders {
+                let _ = tx.send(Control::Shutdown);
+            }
+            anyhow::bail!("cannot set up shard {id}: io_uring: {e}");
+        }
     }
     Ok(threads)
 }
@@ -350,7 +367,7 @@ fn shard_spec(
     control_rx: Receiver<Control>,
 ) -> anyhow::Result<ShardSpec> {
     let config = shared.config;
-    let ring = Ring::new(RingSetup {
+    let ring_setup = RingSetup {
         sq_entries: 2048,
         cq_entries: 16_384,
         fixed_files: shared.plan.fast.then_some(shared.slots),
@@ -358,7 +375,7 @@ fn shard_spec(
         recv_buffers: config.recv_buffers as u16,
         send_chunks: config.send_chunks,
         listeners: listeners.len(),
-    })?;
+    };
     let events = shared.events.is_some();
     let generation_base = (shared.start.elapsed().as_nanos() as u32).wrapping_mul(2_654_435_761)
         ^ u32::from(id) << 20;
@@ -382,7 +399,7 @@ fn shard_spec(
         id,
         plan: shared.plan,
         engine,
-        ring,
+        ring_setup,
         listeners,
         control_rx,
         wake_fd,

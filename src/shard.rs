@@ -19,7 +19,7 @@ use crate::conn_table::{flag, State};
 use crate::engine::{CloseCause, Engine, Io};
 use crate::events::{Event, EventSender};
 use crate::registry::{Control, Registry};
-use crate::ring::{Completion, Fd, Ring, ACCEPTS_PER_LISTENER};
+use crate::ring::{Completion, Fd, Ring, RingSetup, ACCEPTS_PER_LISTENER};
 use crate::send_pool::{QueueError, SendPool};
 use crate::server::Peers;
 use crate::stats::Stats;
@@ -44,7 +44,7 @@ pub struct ShardSpec {
     pub id: u16,
     pub plan: IoPlan,
     pub engine: Engine,
-    pub ring: Ring,
+    pub ring_setup: RingSetup,
     pub listeners: Vec<socket2::Socket>,
     pub control_rx: Receiver<Control>,
     /// The shard's wake eventfd (owned by `peers`, which outlives the shard).
@@ -103,6 +103,7 @@ impl Io for DriverIo<'_> {
 /// The running shard.
 pub struct Shard {
     spec: ShardSpec,
+    ring: Ring,
     registry: Registry,
     /// Compat mode: the raw fd of each slot, and the free slots.
     fds: Vec<i32>,
@@ -124,13 +125,18 @@ pub struct Shard {
     paused: pause::Paused,
     /// Unexpected accept failures so far (for log rate limiting).
     accept_failures: u64,
+    /// Receives that ended for lack of buffers, re-armed at the next tick.
+    starved: Vec<(u32, u32)>,
 }
 
 impl Shard {
-    pub fn new(spec: ShardSpec) -> Shard {
+    /// Builds the shard's ring; call on the shard's own thread.
+    pub fn new(spec: ShardSpec) -> std::io::Result<Shard> {
         let capacity = spec.engine.table.capacity();
         let compat = !spec.plan.fast;
-        Shard {
+        let ring = Ring::new(spec.ring_setup)?;
+        Ok(Shard {
+            ring,
             registry: Registry::default(),
             fds: if compat {
                 vec![-1; capacity as usize]
@@ -153,8 +159,9 @@ impl Shard {
             accept_paused: Vec::new(),
             paused: pause::Paused::default(),
             accept_failures: 0,
+            starved: Vec::new(),
             spec,
-        }
+        })
     }
 
     fn fd(&self, slot: u32) -> Fd {
@@ -169,10 +176,10 @@ impl Shard {
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_all_accepts()?;
         self.arm_tick()?;
-        self.spec.ring.wake_read(self.spec.wake_fd)?;
+        self.ring.wake_read(self.spec.wake_fd)?;
         loop {
             self.batch.clear();
-            let cqes = self.spec.ring.submit_and_wait(1)?;
+            let cqes = self.ring.submit_and_wait(1)?;
             self.batch.extend_from_slice(cqes);
             self.set_clock();
             for i in 0..self.batch.len() {
@@ -206,10 +213,10 @@ impl Shard {
         let fd = self.spec.listeners[index as usize].as_raw_fd();
         let plan = self.spec.plan;
         if plan.multishot_accept {
-            return self.spec.ring.accept_multi(fd, index, true);
+            return self.ring.accept_multi(fd, index, true);
         }
         for addr in 0..ACCEPTS_PER_LISTENER {
-            self.spec.ring.accept(fd, index, addr, plan.fast)?;
+            self.ring.accept(fd, index, addr, plan.fast)?;
         }
         Ok(())
     }
@@ -218,8 +225,7 @@ impl Shard {
         let tick_ns = self.spec.tick.as_nanos() as u64;
         let now_ns = self.spec.start.elapsed().as_nanos() as u64;
         let next = (now_ns / tick_ns + 1) * tick_ns;
-        self.spec
-            .ring
+        self.ring
             .tick_after(Duration::from_nanos(next - now_ns + 1))
     }
 
@@ -227,7 +233,7 @@ impl Shard {
     fn split_engine(&mut self) -> (&mut Engine, DriverIo<'_>) {
         split(
             &mut self.spec.engine,
-            &mut self.spec.ring.sends,
+            &mut self.ring.sends,
             &mut self.dirty,
             &mut self.closing_new,
             &mut self.control_out,
@@ -268,13 +274,13 @@ impl Shard {
         if cqe.result < 0 {
             return self.on_accept_error(cqe.result, index, addr, rearm);
         }
-        let peer = addr.and_then(|a| self.spec.ring.accept_peer(index, a));
+        let peer = addr.and_then(|a| self.ring.accept_peer(index, a));
         self.open_conn(cqe.result, peer)?;
         if rearm {
             let fd = self.spec.listeners[index as usize].as_raw_fd();
             match addr {
-                Some(a) => self.spec.ring.accept(fd, index, a, self.spec.plan.fast)?,
-                None => self.spec.ring.accept_multi(fd, index, true)?,
+                Some(a) => self.ring.accept(fd, index, a, self.spec.plan.fast)?,
+                None => self.ring.accept_multi(fd, index, true)?,
             }
         }
         Ok(())
@@ -326,7 +332,7 @@ impl Shard {
                     shard = self.spec.id,
                     "no free slot for fd {result}; closing it"
                 );
-                return self.spec.ring.close(Fd::Raw(result), 0, 0);
+                return self.ring.close(Fd::Raw(result), 0, 0);
             };
             self.fds[slot as usize] = result;
             slot
@@ -340,9 +346,7 @@ impl Shard {
 
     fn arm_recv(&mut self, slot: u32, generation: u32) -> std::io::Result<()> {
         let fd = self.fd(slot);
-        self.spec
-            .ring
-            .recv(fd, slot, generation, self.spec.plan.fast)?;
+        self.ring.recv(fd, slot, generation, self.spec.plan.fast)?;
         self.spec.engine.table.set(slot, flag::RECV_ARMED);
         Ok(())
     }
@@ -354,13 +358,13 @@ impl Shard {
             let bid = bid.expect("a receive with data names its buffer");
             let len = cqe.result as usize;
             if self.should_hold(ud.slot) {
-                let data = self.spec.ring.recv.data(bid, len).to_vec();
+                let data = self.ring.recv.data(bid, len).to_vec();
                 self.hold(ud.slot, ud.generation, &data)?;
             } else {
-                let data = self.spec.ring.recv.data(bid, len);
+                let data = self.ring.recv.data(bid, len);
                 let (engine, mut io) = split(
                     &mut self.spec.engine,
-                    &mut self.spec.ring.sends,
+                    &mut self.ring.sends,
                     &mut self.dirty,
                     &mut self.closing_new,
                     &mut self.control_out,
@@ -370,7 +374,7 @@ impl Shard {
             }
         }
         if let Some(bid) = bid {
-            self.spec.ring.return_buffer(bid)?;
+            self.ring.return_buffer(bid)?;
         }
         if !current || cqe.more() {
             return Ok(());
@@ -380,13 +384,16 @@ impl Shard {
         self.to_check.push(slot);
         let open = self.spec.engine.table.state(slot) == State::Open;
         match cqe.result {
-            r if r > 0 || r == -libc::ENOBUFS => {
-                if r < 0 {
-                    self.spec.stats.recv_no_buffers.inc();
-                }
+            r if r > 0 => {
                 if open && !self.paused.contains(slot) {
                     self.arm_recv(slot, ud.generation)?;
                 }
+            }
+            r if r == -libc::ENOBUFS => {
+                // Re-arming now would spin: the kernel has data and still no
+                // buffer. Wait a tick for the buffers in flight to return.
+                self.spec.stats.recv_no_buffers.inc();
+                self.starved.push((slot, ud.generation));
             }
             0 => self.with_engine(|e, io| e.close(slot, CloseCause::PeerGone, io)),
             r if r == -libc::ECONNRESET => {
@@ -404,6 +411,17 @@ impl Shard {
         Ok(())
     }
 
+    fn rearm_starved(&mut self) -> std::io::Result<()> {
+        for (slot, generation) in std::mem::take(&mut self.starved) {
+            let table = &self.spec.engine.table;
+            let open = table.is_current(slot, generation) && table.state(slot) == State::Open;
+            if open && !table.has(slot, flag::RECV_ARMED) && !self.paused.contains(slot) {
+                self.arm_recv(slot, generation)?;
+            }
+        }
+        Ok(())
+    }
+
     fn on_send(&mut self, cqe: Completion, ud: UserData) -> std::io::Result<()> {
         let slot = ud.slot;
         let table = &mut self.spec.engine.table;
@@ -415,17 +433,12 @@ impl Shard {
         self.to_check.push(slot);
         let head = &mut table.send_head[slot as usize];
         if cqe.result >= 0 {
-            if self
-                .spec
-                .ring
-                .sends
-                .complete_send(head, cqe.result as usize)
-            {
+            if self.ring.sends.complete_send(head, cqe.result as usize) {
                 self.dirty.push(slot);
             }
             return self.maybe_resume(slot);
         }
-        self.spec.ring.sends.complete_send_failed(head);
+        self.ring.sends.complete_send_failed(head);
         let cause = match -cqe.result {
             libc::ECONNRESET | libc::EPIPE => CloseCause::Reset,
             libc::ECANCELED => return Ok(()),
@@ -449,7 +462,7 @@ impl Shard {
         let slot = ud.slot;
         self.release(slot);
         let head = &mut self.spec.engine.table.send_head[slot as usize];
-        self.spec.ring.sends.drop_queue(head);
+        self.ring.sends.drop_queue(head);
         self.spec.engine.on_closed(slot);
         if !self.spec.plan.fast {
             self.fds[slot as usize] = -1;
@@ -473,15 +486,14 @@ impl Shard {
             }
             let fd = self.spec.listeners[index as usize].as_raw_fd();
             if addr == u32::MAX {
-                self.spec.ring.accept_multi(fd, index, true)?;
+                self.ring.accept_multi(fd, index, true)?;
             } else {
-                self.spec
-                    .ring
-                    .accept(fd, index, addr, self.spec.plan.fast)?;
+                self.ring.accept(fd, index, addr, self.spec.plan.fast)?;
             }
         }
         self.expire_lingering();
         self.expire_paused();
+        self.rearm_starved()?;
         if !self.tick_cancelled {
             self.arm_tick()?;
         }
@@ -493,7 +505,7 @@ impl Shard {
             tracing::warn!(errno = -cqe.result, "wake read failed");
         }
         if !matches!(self.phase, Phase::Exiting { .. }) {
-            self.spec.ring.wake_read(self.spec.wake_fd)?;
+            self.ring.wake_read(self.spec.wake_fd)?;
         }
         Ok(())
     }

@@ -64,6 +64,8 @@ struct Worker {
     replies: Vec<Reply>,
     dirty: Vec<u32>,
     batch: Vec<Completion>,
+    /// Receives that ended for lack of buffers.
+    starved: Vec<u32>,
 }
 
 /// Runs a worker until `stop`; returns what it measured.
@@ -105,6 +107,7 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
         replies: Vec::new(),
         dirty: Vec::new(),
         batch: Vec::new(),
+        starved: Vec::new(),
         spec,
     };
     let targets: Vec<SocketAddr> = cfg.args.connect.clone();
@@ -222,6 +225,11 @@ impl Worker {
             Op::Send => self.on_send(ud.slot, cqe.result),
             Op::Tick => {
                 self.tick_armed = false;
+                for c in std::mem::take(&mut self.starved) {
+                    if !self.fd_closed[c as usize] {
+                        self.ring.recv(self.fd(c), c, GENERATION, self.fast)?;
+                    }
+                }
                 Ok(())
             }
             Op::Close | Op::Cancel | Op::ProvideBuffers => Ok(()),
@@ -283,9 +291,9 @@ impl Worker {
             ClientState::Live | ClientState::Closing
         ) && !self.fd_closed[c as usize];
         match cqe.result {
-            r if (r > 0 || r == -libc::ENOBUFS) && open => {
-                self.ring.recv(self.fd(c), c, GENERATION, self.fast)?
-            }
+            r if r > 0 && open => self.ring.recv(self.fd(c), c, GENERATION, self.fast)?,
+            // No buffer: re-arm after the next tick rather than spin.
+            r if r == -libc::ENOBUFS && open => self.starved.push(c),
             r if r > 0 || r == -libc::ECANCELED || r == -libc::ENOBUFS => {}
             r => {
                 if self.clients.state[c as usize] != ClientState::Done {

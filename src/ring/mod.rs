@@ -127,12 +127,30 @@ fn raw(fd: Fd) -> types::Fd {
     }
 }
 
+/// Builds the ring. On 6.1+ it is single-issuer with deferred task work:
+/// completions are run only when the owning thread waits for them, in one
+/// batch, instead of interrupting it for each. The ring must then be created,
+/// registered and used on one thread. Older kernels get a plain ring.
+fn build_uring(setup: &RingSetup) -> io::Result<IoUring> {
+    let deferred = IoUring::builder()
+        .setup_cqsize(setup.cq_entries)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(setup.sq_entries);
+    match deferred {
+        Ok(uring) => Ok(uring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(setup.cq_entries)
+            .build(setup.sq_entries),
+        Err(e) => Err(e),
+    }
+}
+
 impl Ring {
+    /// A ring for the calling thread (the only thread that may use it).
     pub fn new(setup: RingSetup) -> io::Result<Ring> {
         assert!(setup.listeners <= LISTENERS_MAX);
-        let uring = IoUring::builder()
-            .setup_cqsize(setup.cq_entries)
-            .build(setup.sq_entries)?;
+        let uring = build_uring(&setup)?;
         if !uring.params().is_feature_nodrop() {
             return Err(io::Error::other(
                 "io_uring lacks IORING_FEAT_NODROP (kernel < 5.5)",

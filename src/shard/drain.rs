@@ -65,13 +65,10 @@ impl Shard {
         self.accept_paused.clear();
         for index in 0..self.spec.listeners.len() as u32 {
             if self.spec.plan.multishot_accept {
-                self.spec
-                    .ring
-                    .cancel(UserData::new(Op::AcceptMulti, index, 0))?;
+                self.ring.cancel(UserData::new(Op::AcceptMulti, index, 0))?;
             } else {
                 for addr in 0..ACCEPTS_PER_LISTENER {
-                    self.spec
-                        .ring
+                    self.ring
                         .cancel(UserData::new(Op::Accept, (index << 8) | addr, 0))?;
                 }
             }
@@ -101,13 +98,11 @@ impl Shard {
             return Ok(());
         }
         if table.has(slot, flag::RECV_ARMED) {
-            self.spec
-                .ring
+            self.ring
                 .cancel(UserData::new(Op::Recv, slot, generation))?;
         }
         if table.has(slot, flag::PEER_DONE) && table.has(slot, flag::SEND_INFLIGHT) {
-            self.spec
-                .ring
+            self.ring
                 .cancel(UserData::new(Op::Send, slot, generation))?;
         }
         self.lingering.push((slot, generation, Instant::now()));
@@ -131,7 +126,7 @@ impl Shard {
         }
         let generation = table.generation[slot as usize];
         let fd = self.fd(slot);
-        self.spec.ring.send(fd, slot, generation, head)?;
+        self.ring.send(fd, slot, generation, head)?;
         self.spec.engine.table.set(slot, flag::SEND_INFLIGHT);
         Ok(())
     }
@@ -147,14 +142,13 @@ impl Shard {
         if table.send_head[slot as usize] != NONE && !table.has(slot, flag::PEER_DONE) {
             return Ok(()); // the CLOSE frame is still queued: start_send runs it
         }
-        self.spec
-            .ring
+        self.ring
             .sends
             .drop_queue(&mut table.send_head[slot as usize]);
         table.set(slot, flag::CLOSE_SUBMITTED);
         let generation = table.generation[slot as usize];
         let fd = self.fd(slot);
-        self.spec.ring.close(fd, slot, generation)
+        self.ring.close(fd, slot, generation)
     }
 
     /// Once a tick: closing slots that did not flush in time give up their
@@ -173,10 +167,7 @@ impl Shard {
             if since.elapsed() >= linger && !table.has(slot, flag::PEER_DONE) {
                 table.set(slot, flag::PEER_DONE);
                 if table.has(slot, flag::SEND_INFLIGHT) {
-                    let _ = self
-                        .spec
-                        .ring
-                        .cancel(UserData::new(Op::Send, slot, generation));
+                    let _ = self.ring.cancel(UserData::new(Op::Send, slot, generation));
                 }
                 self.to_check.push(slot);
             }
@@ -194,7 +185,7 @@ impl Shard {
                     self.phase = Phase::Exiting {
                         since: Instant::now(),
                     };
-                    self.spec.ring.cancel(UserData::new(Op::Wake, 0, 0))?;
+                    self.ring.cancel(UserData::new(Op::Wake, 0, 0))?;
                 } else if since.elapsed() > SHUTDOWN_GRACE * 2 {
                     tracing::warn!(
                         shard = self.spec.id,
@@ -206,13 +197,13 @@ impl Shard {
                 Ok(false)
             }
             Phase::Exiting { since } => {
-                let inflight = self.spec.ring.inflight;
+                let inflight = self.ring.inflight;
                 if inflight == 0 || since.elapsed() > CLOSE_LINGER {
                     return Ok(true);
                 }
                 if inflight == 1 && !self.tick_cancelled {
                     self.tick_cancelled = true;
-                    self.spec.ring.cancel(UserData::new(Op::Tick, 0, 0))?;
+                    self.ring.cancel(UserData::new(Op::Tick, 0, 0))?;
                 }
                 Ok(false)
             }

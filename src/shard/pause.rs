@@ -58,7 +58,7 @@ impl Paused {
 impl Shard {
     fn queued_chunks(&self, slot: u32) -> u16 {
         let head = self.spec.engine.table.send_head[slot as usize];
-        self.spec.ring.sends.queued_chunks(head)
+        self.ring.sends.queued_chunks(head)
     }
 
     /// Whether input for `slot` must be held instead of handled.
@@ -89,8 +89,7 @@ impl Shard {
         self.paused.held_bytes += data.len();
         let armed = self.spec.engine.table.has(slot, flag::RECV_ARMED);
         if newly_paused && armed && self.spec.plan.fast {
-            self.spec
-                .ring
+            self.ring
                 .cancel(UserData::new(Op::Recv, slot, generation))?;
         }
         Ok(())
