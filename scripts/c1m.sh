@@ -42,6 +42,10 @@ declare -A want=(
   [net.core.netdev_max_backlog]=65535
   [fs.file-max]=4194304
   [net.netfilter.nf_conntrack_max]=4194304
+  # Pages for all TCP buffers. The default (~1.5 GB at pressure) runs out
+  # with two million sockets each holding a PING or PONG for a moment: the
+  # kernel then logs "TCP: out of memory" and kills sockets.
+  [net.ipv4.tcp_mem]="1572864 2097152 3145728"
 )
 declare -A saved=()
 restore() {
@@ -103,6 +107,7 @@ pids+=("$!")
 # ---- load ------------------------------------------------------------------
 ramp_s=$(( (clients + ramp - 1) / ramp ))
 duration=$(( ramp_s + soak ))
+# Silent clients fall silent only after the ramp, so all N are live at once.
 echo "c1m: ramp $clients clients at $ramp/s (~${ramp_s}s), soak ${soak}s"
 slab_before=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
 rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
@@ -111,7 +116,7 @@ set +e
 # this small it shares the cores with the server, so it yields to it.
 nice -n 10 ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp "$ramp" \
   --interval $interval --timeout $timeout --tick $tick --mix "silent=$silent" --hello \
-  --fault-after $interval --duration "${duration}s" --server-pid "$server" \
+  --fault-after $interval --fault-at "$((ramp_s + 10))s" --duration "${duration}s" --server-pid "$server" \
   --json "$out-load.json" 2> "$out-load.log" > /dev/null
 load_rc=$?
 set -e

@@ -47,6 +47,10 @@ pub struct LoadArgs {
     /// When a faulty client turns faulty, after it connected
     #[arg(long, value_parser = parse_duration)]
     pub fault_after: Option<Duration>,
+    /// No fault before this time since the start (e.g. after the ramp, so
+    /// that every client is live at once first)
+    #[arg(long, value_parser = parse_duration)]
+    pub fault_at: Option<Duration>,
     /// The server's --timeout (to judge detection latency)
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
@@ -118,6 +122,7 @@ impl LoadConfig {
             interval_ns: args.interval.as_nanos() as u64,
             jitter: args.jitter / 100.0,
             fault_after_ns: args.fault_after.unwrap_or(args.interval).as_nanos() as u64,
+            fault_not_before_ns: args.fault_at.map_or(0, |d| d.as_nanos() as u64),
             server_timeout_ns: args.timeout.as_nanos() as u64,
             server_tick_ns: args.tick.as_nanos() as u64,
         };

@@ -37,6 +37,8 @@ pub struct Timing {
     /// ± this fraction of the interval, uniformly.
     pub jitter: f64,
     pub fault_after_ns: u64,
+    /// No fault before this time (since the run started).
+    pub fault_not_before_ns: u64,
     pub server_timeout_ns: u64,
     pub server_tick_ns: u64,
 }
@@ -112,7 +114,7 @@ impl Clients {
         self.state[i] = ClientState::Live;
         self.last_sent_ns[i] = now_ns;
         if self.scenario[i] != Scenario::Healthy {
-            self.fault_at_ns[i] = now_ns + timing.fault_after_ns;
+            self.fault_at_ns[i] = (now_ns + timing.fault_after_ns).max(timing.fault_not_before_ns);
         }
     }
 
@@ -357,6 +359,7 @@ mod tests {
             interval_ns: 1_000_000_000,
             jitter: 0.0,
             fault_after_ns: 3_000_000_000,
+            fault_not_before_ns: 0,
             server_timeout_ns: 3_000_000_000,
             server_tick_ns: 100_000_000,
         }

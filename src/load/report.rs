@@ -206,6 +206,7 @@ mod tests {
             interval_ns: 1_000_000_000,
             jitter: 0.0,
             fault_after_ns: 0,
+            fault_not_before_ns: 0,
             server_timeout_ns: 3_000_000_000,
             server_tick_ns: 100_000_000,
         };
