@@ -82,6 +82,11 @@ impl SendPool {
         self.meta.len() - self.free.len()
     }
 
+    /// Free chunks in the arena.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
     pub fn capacity(&self) -> usize {
         self.meta.len()
     }

@@ -399,7 +399,13 @@ impl Shard {
             r if r == -libc::ECONNRESET => {
                 self.with_engine(|e, io| e.close(slot, CloseCause::Reset, io))
             }
-            r if r == -libc::ECANCELED => {}
+            // Cancelled by a pause that may already have ended (its resume
+            // saw the receive still armed): re-arm unless still paused.
+            r if r == -libc::ECANCELED => {
+                if open && !self.paused.contains(slot) {
+                    self.arm_recv(slot, ud.generation)?;
+                }
+            }
             r => {
                 if open {
                     self.spec.stats.io_errors.inc();

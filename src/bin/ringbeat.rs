@@ -23,7 +23,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print the kernel's io_uring features and which io modes can run.
+    Features,
 }
 
 fn main() -> ExitCode {
@@ -36,7 +38,20 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Features => {
+            let f = ringbeat::ring::Features::probe();
+            let verdict = |r: Result<(), String>| {
+                r.map_or_else(|e| format!("missing ({e})"), |()| "ready".into())
+            };
+            println!(
+                "{}; fast mode: {}; compat mode: {}",
+                f.summary(),
+                verdict(f.fast_mode_ready()),
+                verdict(f.compat_mode_ready())
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -26,6 +26,8 @@ use crate::user_data::{Op, UserData};
 const GENERATION: u32 = 1;
 /// Timer wheel slot and the loop's longest sleep.
 const WHEEL_SLOT: Duration = Duration::from_millis(10);
+/// Send chunks kept free for replies (PONGs, CLOSE) when PINGs wait.
+const SEND_RESERVE_CHUNKS: usize = 64;
 /// Most connects in flight per worker (bounds the accept backlog we cause).
 const CONNECTING_MAX: u32 = 1024;
 
@@ -77,7 +79,7 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
         fixed_files: fast.then_some(n.max(1)),
         buf_ring: fast,
         recv_buffers: 512,
-        send_chunks: 2048,
+        send_chunks: 4096,
         listeners: 0,
     })?;
     let cfg = spec.config.clone();
@@ -324,6 +326,13 @@ impl Worker {
         self.wheel.expire(now_ns, &mut self.due);
         let timing = self.spec.config.timing;
         for c in std::mem::take(&mut self.due) {
+            // No room to queue a frame: try again next slot rather than drop
+            // a heartbeat the server would then miss.
+            if self.ring.sends.available() < SEND_RESERVE_CHUNKS {
+                self.wheel
+                    .schedule(c, now_ns + WHEEL_SLOT.as_nanos() as u64);
+                continue;
+            }
             let unit = self.unit();
             match self
                 .clients

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Side-by-side bench: the same load generator, same machine, same run, same
+# client count, against each peer:
+#   ringbeat (fast io mode), ringbeat --io-mode compat (the 5.10 path),
+#   tokio (epoll, one task + one timeout per connection), tokio-uring 0.5.
+#
+#   bash scripts/bench.sh [--quick] [--clients N]
+#
+# Prints one table with every figure also as a ratio to ringbeat (fast), and
+# writes results/bench-DATE.json and .md. Peers that hold one fd per
+# connection are capped by RLIMIT_NOFILE, so the client count defaults to
+# 15000 for all peers. Loopback only; bounded; kills what it starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+clients=15000
+run_s=40
+quick=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1; run_s=20; shift ;;
+    --clients) clients=$2; shift 2 ;;
+    *) echo "usage: $0 [--quick] [--clients N]" >&2; exit 2 ;;
+  esac
+done
+
+release=$(uname -r)
+major=${release%%.*}; rest=${release#*.}; minor=${rest%%.*}
+if [ "$major" -lt 5 ] || { [ "$major" -eq 5 ] && [ "$minor" -lt 10 ]; }; then
+  echo "bench: kernel $release is older than 5.10; ringbeat needs io_uring from 5.10" >&2
+  exit 1
+fi
+cargo build --release --quiet --features peers --bins
+features=$(./target/release/ringbeat features)
+echo "bench: kernel $release; $features"
+
+stamp=$(date -u +%Y%m%d-%H%M%S)
+out=results/bench-$stamp
+mkdir -p results
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+interval=1s; timeout=3s; tick=100ms
+peers=()
+if echo "$features" | grep -q "fast mode: ready"; then peers+=(ringbeat-fast); else echo "bench: fast mode unavailable here; skipping it"; fi
+peers+=(ringbeat-compat tokio_epoll tokio_uring)
+
+port=7730
+for peer in "${peers[@]}"; do
+  port=$((port + 1))
+  case $peer in
+    ringbeat-fast) cmd=(./target/release/ringbeat serve --io-mode fast --shards 2) ;;
+    ringbeat-compat) cmd=(./target/release/ringbeat serve --io-mode compat --shards 2) ;;
+    tokio_epoll) cmd=(./target/release/tokio_epoll) ;;
+    tokio_uring) cmd=(./target/release/tokio_uring) ;;
+  esac
+  if [[ $peer == ringbeat-* ]]; then
+    cmd+=(--tick $tick)
+  fi
+  "${cmd[@]}" --listen 127.0.0.1:$port --interval $interval --timeout $timeout 2> "$out-$peer.log" &
+  server=$!
+  pids+=("$server")
+  sleep 1
+  rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
+  echo "bench: $peer: $clients clients, interval $interval, ${run_s}s"
+  ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp 10000 \
+    --interval $interval --timeout $timeout --tick $tick --mix silent=0.05 --fault-after 3s \
+    --duration "${run_s}s" --server-pid "$server" --json "$out-$peer-load.json" \
+    2> "$out-$peer-load.log" > /dev/null || true
+  echo "$rss0" > "$out-$peer-rss0"
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+  sleep 2   # let the kernel free the sockets before the next peer
+done
+
+python3 - "$out" "$clients" "$release" "$features" "${peers[@]}" <<'PY'
+import json, sys
+out, clients, release, features, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+rows = {}
+for p in peers:
+    r = json.load(open(f"{out}-{p}-load.json"))
+    rss0 = int(open(f"{out}-{p}-rss0").read()) * 1024
+    s = r["server"]
+    cpu = s["cpu_user_s"] + s["cpu_sys_s"]
+    answered = max(r["heartbeats_answered"], 1)
+    live = max(r["peak_live"], 1)
+    rows[p] = {
+        "connected": r["connected"],
+        "server_rss_bytes_per_conn": (s["rss_bytes_at_peak_live"] - rss0) / live,
+        "kernel_bytes_per_conn_pair": s["slab_bytes_delta"] / live,
+        "server_cpu_s_per_million_heartbeats": cpu / answered * 1e6,
+        "heartbeats_per_s_per_core": answered / max(cpu, 1e-9),
+        "detection_ms_p50": r["detection_ms"]["p50"],
+        "detection_ms_p99": r["detection_ms"]["p99"],
+        "detection_ms_max": r["detection_ms"]["max"],
+        "silent_evicted": f'{r["silent_evicted"]}/{r["silent_total"]}',
+        "false_evictions": r["false_evictions"],
+        "rtt_us_p99": r["rtt_us"]["p99"],
+        "accept_rate_per_s": r["connect_rate_per_s"],
+    }
+base = rows[peers[0]]
+figs = [("server RSS bytes/conn", "server_rss_bytes_per_conn", "{:.0f}"),
+        ("kernel bytes/conn (both ends)", "kernel_bytes_per_conn_pair", "{:.0f}"),
+        ("server CPU-s per 1M heartbeats", "server_cpu_s_per_million_heartbeats", "{:.1f}"),
+        ("heartbeats/s per core (extrapolated)", "heartbeats_per_s_per_core", "{:,.0f}"),
+        ("detection p50 ms", "detection_ms_p50", "{}"), ("detection p99 ms", "detection_ms_p99", "{}"),
+        ("detection max ms", "detection_ms_max", "{}"), ("RTT p99 µs", "rtt_us_p99", "{}"),
+        ("accept rate/s (loadgen ramp 10K/s)", "accept_rate_per_s", "{:,.0f}"),
+        ("false evictions", "false_evictions", "{}"), ("silent evicted", "silent_evicted", "{}")]
+lines = [f"# bench {out.split('bench-')[1]}", "",
+         f"kernel {release}; {features}", "",
+         f"{clients} clients per peer, PING every 1s (±10%), timeout 3s, 5% silent. Ratios are peer / {peers[0]}.", "",
+         "| figure | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
+for label, key, fmt in figs:
+    cells = []
+    for p in peers:
+        v = rows[p][key]
+        cell = fmt.format(v)
+        if isinstance(v, (int, float)) and isinstance(base[key], (int, float)) and base[key] and p != peers[0]:
+            cell += f" ({v / base[key]:.2f}×)"
+        cells.append(cell)
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+md = "\n".join(lines) + "\n"
+json.dump({"tool": "bench.sh", "schema": 1, "kernel": release, "features": features,
+           "clients": clients, "baseline": peers[0], "peers": rows}, open(out + ".json", "w"), indent=2)
+open(out + ".md", "w").write(md)
+print(md)
+print(f"wrote {out}.json and {out}.md")
+PY
