@@ -9,6 +9,7 @@
 
 #[allow(unsafe_code)]
 pub mod buf_ring;
+pub mod client;
 pub mod config;
 pub mod conn_table;
 pub mod engine;
