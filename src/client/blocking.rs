@@ -229,7 +229,11 @@ impl Driver {
                 self.live.store(true, Ordering::Release);
             }
             ClientEvent::Disconnected { reason } => {
-                tracing::warn!(%reason, "disconnected");
+                if *reason == DisconnectReason::Local {
+                    tracing::info!(%reason, "disconnected");
+                } else {
+                    tracing::warn!(%reason, "disconnected");
+                }
                 self.live.store(false, Ordering::Release);
             }
             ClientEvent::ConnectFailed { reason } => tracing::debug!(%reason, "connect failed"),
