@@ -26,4 +26,5 @@ pub mod server;
 pub mod shard;
 pub mod stash;
 pub mod stats;
+pub mod system_check;
 pub mod user_data;
