@@ -9,6 +9,7 @@
 
 #[allow(unsafe_code)]
 pub mod buf_ring;
+pub mod client;
 pub mod config;
 pub mod conn_table;
 pub mod engine;
@@ -25,4 +26,5 @@ pub mod server;
 pub mod shard;
 pub mod stash;
 pub mod stats;
+pub mod system_check;
 pub mod user_data;

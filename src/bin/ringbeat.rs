@@ -1,10 +1,12 @@
 //! `ringbeat`: the server binary. `ringbeat serve` runs the server;
 //! SIGTERM or SIGINT close every connection with CLOSE(SHUTDOWN) and exit 0.
+//! `ringbeat check-system` says what would stop this machine from holding
+//! N connections, with the fix for each; it exits 1 if something blocks.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use ringbeat::config::{Config, ServeArgs};
+use clap::{Args, Parser, Subcommand};
+use ringbeat::config::{Config, IoMode, ServeArgs};
 use ringbeat::server::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing_subscriber::EnvFilter;
@@ -20,12 +22,33 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start; the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server.
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Print the kernel's io_uring features and which io modes can run.
     Features,
+    /// Report what would stop this machine from holding N connections.
+    CheckSystem(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Connections this machine should hold
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    connections: u64,
+    /// Shards (rings) the server will run [default: cores]
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// auto, fast or compat, as for serve
+    #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
+    io_mode: IoMode,
+    /// The clients run on this machine too (load tests): count their
+    /// sockets' memory and ephemeral ports
+    #[arg(long)]
+    local_clients: bool,
 }
 
 fn main() -> ExitCode {
@@ -38,7 +61,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(args),
         Command::Features => {
             let f = ringbeat::ring::Features::probe();
             let verdict = |r: Result<(), String>| {
@@ -52,6 +75,31 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::CheckSystem(args) => check_system(&args),
+    }
+}
+
+fn check_system(args: &CheckArgs) -> ExitCode {
+    use ringbeat::system_check::{report, Inputs, Target};
+    let shards = args
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if shards == 0 || args.connections == 0 {
+        eprintln!("ringbeat: --shards and --connections must be at least 1");
+        return ExitCode::from(2);
+    }
+    let target = Target {
+        connections: args.connections,
+        shards,
+        io_mode: args.io_mode,
+        local_clients: args.local_clients,
+    };
+    let report = report(&Inputs::gather(), &target);
+    print!("{}", report.render());
+    if report.blocked() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
