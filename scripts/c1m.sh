@@ -28,7 +28,11 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--quick] [--clients N] [--soak SECONDS] [--ramp PER_SEC]" >&2; exit 2 ;;
   esac
 done
+# A port no socket listens on: a server killed a moment ago can keep its
+# listeners (and complete handshakes) until the kernel has torn its rings
+# down, and SO_REUSEPORT would hand it some of this run's clients.
 port=${RINGBEAT_C1M_PORT:-7800}
+while ss -Htln "( sport = :$port or sport = :$((port + 1)) )" | grep -q .; do port=$((port + 2)); done
 metrics_port=$((port + 1))
 stamp=$(date -u +%Y%m%d-%H%M%S)
 out=results/c1m-$stamp

@@ -292,7 +292,9 @@ impl Engine {
             Kind::Data => {}
             Kind::Close => return self.close(slot, CloseCause::PeerClose, io),
         }
-        if first {
+        // The reply may have closed it (a peer that does not read): then it
+        // never goes online, so no offline event follows either.
+        if first && self.table.state(slot) == State::Open {
             self.go_online(slot, io);
         }
     }
