@@ -89,7 +89,8 @@ run_phase() {
   local down_ms; down_ms=$(date +%s%3N)
   ip link set "$host_if" down   # from now on nothing reaches the server
   for _ in $(seq 1 $((limit_s * 10))); do
-    [ "$(grep -c '"offline"' "$events" 2>/dev/null || echo 0)" -ge "$clients" ] && break
+    local n; n=$(grep -c '"offline"' "$events" 2>/dev/null || true)
+    [ "${n:-0}" -ge "$clients" ] && break
     sleep 0.1
   done
   kill "$server" "$cl" 2>/dev/null || true
