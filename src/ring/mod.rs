@@ -188,10 +188,12 @@ impl Ring {
     /// Pushes one SQE, submitting first if the SQ is full.
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: every entry built by this module points only at memory
-            // owned by `self` (send arena, receive arena, accept addresses,
-            // timespec, wake counter) or at nothing; that memory lives until
-            // the ring is dropped, and the ring is dropped first.
+            // Entries built here point only at memory `self` owns (send
+            // arena and msghdrs, receive arena, accept and connect addresses,
+            // timespec, wake counter) or at nothing.
+            // SAFETY: that memory lives until the ring is dropped, and the
+            // ring (field order, and Drop's leak when ops are in flight)
+            // goes first.
             let pushed = unsafe { self.uring.submission().push(&entry) };
             if pushed.is_ok() {
                 self.inflight += 1;
