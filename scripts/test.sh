@@ -9,7 +9,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --all-features -- -D warnings
 echo "== cargo test"
-cargo test --all-features 2>&1 | tee target/test.log
+cargo test --all-features
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 echo "== all checks passed"
