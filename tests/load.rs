@@ -78,3 +78,77 @@ fn bad_flags_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"));
 }
+
+/// A minimal MQTT 3.1.1 broker, one thread per client: CONNECT → CONNACK,
+/// PINGREQ → PINGRESP, and close after 1.5 × keepalive of silence (read
+/// timeout), on DISCONNECT, or on a reserved packet type.
+fn tiny_broker(listener: std::net::TcpListener) {
+    use std::io::{Read, Write};
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { return };
+        std::thread::spawn(move || {
+            let mut connect = [0u8; 64];
+            let mut head = [0u8; 2];
+            if s.read_exact(&mut head).is_err() || head[0] != 0x10 {
+                return;
+            }
+            let rest = &mut connect[..usize::from(head[1])];
+            if s.read_exact(rest).is_err() {
+                return;
+            }
+            let keepalive_s = u16::from_be_bytes([rest[8], rest[9]]);
+            let silence = std::time::Duration::from_millis(u64::from(keepalive_s) * 1500);
+            s.set_read_timeout(Some(silence)).unwrap();
+            s.write_all(&[0x20, 0x02, 0x00, 0x00]).unwrap();
+            while s.read_exact(&mut head).is_ok() {
+                match head {
+                    [0xC0, 0x00] if s.write_all(&[0xD0, 0x00]).is_ok() => {}
+                    _ => return, // DISCONNECT, a reserved type, or a write error
+                }
+            }
+            // Timed out or EOF: dropping `s` closes it.
+        });
+    }
+}
+
+#[test]
+fn mqtt_mode_pings_a_broker_and_detects_silent_clients_by_eof() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || tiny_broker(listener));
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("load.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
+        .args(["--connect", &addr, "--clients", "40", "--ramp", "1000"])
+        .args([
+            "--protocol",
+            "mqtt",
+            "--interval",
+            "300ms",
+            "--timeout",
+            "1500ms",
+        ])
+        .args(["--fault-after", "300ms", "--duration", "5s"])
+        .args(["--mix", "silent=0.25,close=0.1,garbage=0.1,dribble=0.1"])
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("run ringbeat-load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ringbeat-load failed:\n{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert_eq!(r["args"]["protocol"], "mqtt");
+    assert_eq!(r["connected"], 40);
+    assert_eq!(r["false_evictions"], 0);
+    assert_eq!(r["unexpected_disconnects"], 0);
+    let silent = r["silent_total"].as_u64().unwrap();
+    assert!(silent > 0);
+    assert_eq!(r["silent_evicted"].as_u64().unwrap(), silent);
+    assert!(r["heartbeats_answered"].as_u64().unwrap() > 40);
+    assert_eq!(
+        r["detection_ms"]["early"], 0,
+        "closed before 1.5 × keepalive"
+    );
+}

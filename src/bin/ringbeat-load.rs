@@ -178,7 +178,6 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
         (Some(f), Some(l)) => (l.cpu_user_s - f.cpu_user_s, l.cpu_sys_s - f.cpu_sys_s),
         _ => (0.0, 0.0),
     };
-    let ramp_s = a.clients as f64 / a.ramp as f64;
     json!({
         "tool": "ringbeat-load",
         "schema": 1,
@@ -187,13 +186,15 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
             "clients": a.clients, "ramp": a.ramp,
             "interval_ms": a.interval.as_millis() as u64, "jitter_pct": a.jitter,
             "duration_s": a.duration.as_secs_f64(), "hello": a.hello, "mix": a.mix.to_string(),
+            "protocol": format!("{:?}", a.protocol).to_lowercase(),
             "timeout_ms": a.timeout.as_millis() as u64, "tick_ms": a.tick.as_millis() as u64,
             "threads": config.threads, "sources": a.sources,
         },
         "clients_target": a.clients,
         "connected": t.connected,
         "connect_errors": t.connect_errors,
-        "connect_rate_per_s": t.connected as f64 / ramp_s.min(elapsed_s).max(1e-3),
+        // Measured: connections completed over the time the last one took.
+        "connect_rate_per_s": t.connected as f64 / (t.last_connected_ns as f64 / 1e9).max(1e-3),
         "peak_live": w.peak_live,
         "duration_s": elapsed_s,
         "heartbeats_sent": t.heartbeats_sent,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::clients::Timing;
+use super::clients::{Timing, Wire};
 use super::mix::Mix;
 
 /// Sockets one worker ring holds at most: its fixed-file table is capped by
@@ -41,6 +41,11 @@ pub struct LoadArgs {
     /// Start with HELLO carrying a unique client_id
     #[arg(long)]
     pub hello: bool,
+    /// What the clients speak: ringbeat frames, or MQTT 3.1.1 keepalive
+    /// (CONNECT with keepalive = 2/3 of --timeout, then PINGREQ) to
+    /// benchmark a broker
+    #[arg(long, value_enum, default_value = "ringbeat")]
+    pub protocol: Wire,
     /// Fault shares, e.g. healthy=0.9,silent=0.05,reset=0.05
     #[arg(long, default_value = "healthy=1")]
     pub mix: Mix,
@@ -81,6 +86,8 @@ pub struct LoadConfig {
     pub threads: usize,
     pub sources: Vec<Ipv4Addr>,
     pub timing: Timing,
+    /// MQTT keepalive in seconds (`--protocol mqtt`).
+    pub mqtt_keepalive_s: u16,
 }
 
 impl LoadConfig {
@@ -115,6 +122,13 @@ impl LoadConfig {
                 args.clients
             ));
         }
+        let mqtt_keepalive_s = match args.protocol {
+            Wire::Mqtt => super::mqtt::keepalive_for_timeout(args.timeout.as_millis() as u64)?,
+            Wire::Ringbeat => 0,
+        };
+        if args.protocol == Wire::Mqtt && args.hello {
+            return Err("--hello is for ringbeat; MQTT clients always send CONNECT".into());
+        }
         let sources = (1..=args.sources)
             .map(|i| Ipv4Addr::new(127, 0, 0, i))
             .collect();
@@ -131,6 +145,7 @@ impl LoadConfig {
             threads,
             sources,
             timing,
+            mqtt_keepalive_s,
         })
     }
 
@@ -166,6 +181,10 @@ mod tests {
         assert!(parse(&["--interval", "40s"]).is_err());
         assert!(parse(&["--clients", "100000", "--threads", "2"]).is_err());
         assert!(parse(&["--mix", "silent=2"]).is_err());
+        assert!(parse(&["--protocol", "mqtt", "--timeout", "2s", "--interval", "1s"]).is_err());
+        assert!(parse(&["--protocol", "mqtt", "--hello"]).is_err());
+        let mqtt = parse(&["--protocol", "mqtt", "--timeout", "3s", "--interval", "1s"]).unwrap();
+        assert_eq!(mqtt.mqtt_keepalive_s, 2);
     }
 
     #[test]

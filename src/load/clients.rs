@@ -3,6 +3,7 @@
 //! mean. The worker (`worker`) only moves bytes.
 
 use super::mix::Scenario;
+use super::mqtt;
 use super::report::Tally;
 use crate::protocol::{self, CloseReason, Kind, HEADER_LEN};
 
@@ -11,6 +12,15 @@ use crate::protocol::{self, CloseReason, Kind, HEADER_LEN};
 const KEEP: usize = 24;
 /// Time between the bytes of a dribbled PING.
 pub const DRIBBLE_STEP_NS: u64 = 10_000_000;
+
+/// What the clients speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wire {
+    /// ringbeat frames (PROTOCOL.md): PING/PONG carrying the send time.
+    Ringbeat,
+    /// MQTT 3.1.1: CONNECT with a keepalive, then PINGREQ/PINGRESP.
+    Mqtt,
+}
 
 /// Lifecycle of a simulated client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +38,8 @@ mod flag {
     pub const PING_OUTSTANDING: u8 = 1 << 0;
     pub const FAULTED: u8 = 1 << 1;
     pub const GOT_CLOSE: u8 = 1 << 2;
+    /// MQTT: the broker accepted the session (CONNACK 0).
+    pub const SESSION: u8 = 1 << 3;
 }
 
 /// Timing the clients follow and judge the server by.
@@ -57,6 +69,16 @@ pub enum Due {
     Nothing,
 }
 
+/// How far reassembly of an inbound frame has got.
+enum Need {
+    /// Keep this many bytes before asking again.
+    Bytes(usize),
+    /// The whole frame is this long.
+    Frame(usize),
+    /// Not a valid header.
+    Invalid,
+}
+
 /// What received bytes asked for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -69,6 +91,7 @@ pub enum Reply {
 /// Flat per-client arrays (about 50 bytes a client).
 #[derive(Debug)]
 pub struct Clients {
+    wire: Wire,
     pub state: Vec<ClientState>,
     pub scenario: Vec<Scenario>,
     flags: Vec<u8>,
@@ -84,9 +107,10 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(scenarios: Vec<Scenario>) -> Clients {
+    pub fn new(scenarios: Vec<Scenario>, wire: Wire) -> Clients {
         let n = scenarios.len();
         Clients {
+            wire,
             state: vec![ClientState::Idle; n],
             scenario: scenarios,
             flags: vec![0; n],
@@ -142,7 +166,12 @@ impl Clients {
                 }
                 Scenario::Close => {
                     self.state[i] = ClientState::Closing;
-                    let bytes = protocol::close_frame(CloseReason::Normal, "load: goodbye");
+                    let bytes = match self.wire {
+                        Wire::Ringbeat => {
+                            protocol::close_frame(CloseReason::Normal, "load: goodbye")
+                        }
+                        Wire::Mqtt => mqtt::DISCONNECT.to_vec(),
+                    };
                     return Due::Send {
                         bytes,
                         next_ns: None,
@@ -150,8 +179,12 @@ impl Clients {
                 }
                 Scenario::Garbage => {
                     self.state[i] = ClientState::Closing;
+                    let bytes = match self.wire {
+                        Wire::Ringbeat => b"GARBAGE!".to_vec(),
+                        Wire::Mqtt => mqtt::GARBAGE.to_vec(),
+                    };
                     return Due::Send {
-                        bytes: b"GARBAGE!".to_vec(),
+                        bytes,
                         next_ns: None,
                     };
                 }
@@ -163,10 +196,18 @@ impl Clients {
             return self.dribble(i, now_ns, unit, timing, tally);
         }
         self.ping_started(i, now_ns, tally);
-        let frame = protocol::ping_frame(now_ns.to_be_bytes());
         Due::Send {
-            bytes: frame.to_vec(),
+            bytes: self.ping_bytes(now_ns),
             next_ns: Some(next_ping_ns(now_ns, unit, timing)),
+        }
+    }
+
+    /// A heartbeat sent at `sent_ns`. A ringbeat PING carries its send time
+    /// for the RTT; PINGREQ carries nothing, so MQTT RTTs use `last_sent_ns`.
+    fn ping_bytes(&self, sent_ns: u64) -> Vec<u8> {
+        match self.wire {
+            Wire::Ringbeat => protocol::ping_frame(sent_ns.to_be_bytes()).to_vec(),
+            Wire::Mqtt => mqtt::PINGREQ.to_vec(),
         }
     }
 
@@ -193,7 +234,7 @@ impl Clients {
         if pos == 0 {
             self.ping_started(i, now_ns, tally);
         }
-        let frame = protocol::ping_frame(self.last_sent_ns[i].to_be_bytes());
+        let frame = self.ping_bytes(self.last_sent_ns[i]);
         let byte = frame[usize::from(pos)];
         let next_ns = if usize::from(pos) + 1 < frame.len() {
             self.dribble_pos[i] = pos + 1;
@@ -227,21 +268,34 @@ impl Clients {
                 data = &data[n..];
                 continue;
             }
-            data = self.take(i, data, HEADER_LEN);
-            if usize::from(self.partial_len[i]) < HEADER_LEN {
-                return;
-            }
-            let Some(keep) = self.kept_len(i) else {
-                tally.server_protocol_errors += 1;
-                self.partial_len[i] = 0;
-                out.push(Reply::Close);
-                return;
+            let frame_len = loop {
+                match self.frame_len(i) {
+                    Need::Bytes(n) => {
+                        data = self.take(i, data, n);
+                        if usize::from(self.partial_len[i]) < n {
+                            return;
+                        }
+                    }
+                    Need::Frame(len) => break len,
+                    Need::Invalid => {
+                        tally.server_protocol_errors += 1;
+                        self.partial_len[i] = 0;
+                        out.push(Reply::Close);
+                        return;
+                    }
+                }
             };
+            let keep = frame_len.min(KEEP);
             data = self.take(i, data, keep);
             if usize::from(self.partial_len[i]) < keep {
                 return;
             }
-            self.frame_done(i, now_ns, timing, tally, out);
+            self.skip[i] = (frame_len - keep) as u32;
+            self.partial_len[i] = 0;
+            match self.wire {
+                Wire::Ringbeat => self.frame_done(i, keep, now_ns, timing, tally, out),
+                Wire::Mqtt => self.packet_done(i, keep, now_ns, tally, out),
+            }
         }
     }
 
@@ -254,41 +308,46 @@ impl Clients {
         &data[n..]
     }
 
-    /// How many bytes of the frame whose header is kept to keep; `None` for
-    /// an invalid header.
-    fn kept_len(&self, i: usize) -> Option<usize> {
-        let header: &[u8; HEADER_LEN] = self.partial[i][..HEADER_LEN].try_into().unwrap();
-        let h = protocol::parse_header(header, u32::MAX).ok()?;
-        Some(h.frame_len().min(KEEP))
+    /// The length of the frame being reassembled, from what is kept of it.
+    fn frame_len(&self, i: usize) -> Need {
+        let kept = &self.partial[i][..usize::from(self.partial_len[i])];
+        match self.wire {
+            Wire::Ringbeat => {
+                let Some(header) = kept.get(..HEADER_LEN) else {
+                    return Need::Bytes(HEADER_LEN);
+                };
+                match protocol::parse_header(header.try_into().unwrap(), u32::MAX) {
+                    Ok(h) => Need::Frame(h.frame_len()),
+                    Err(_) => Need::Invalid,
+                }
+            }
+            Wire::Mqtt => match mqtt::fixed_header(kept) {
+                Ok(Some(h)) => Need::Frame(h.packet_len()),
+                Ok(None) => Need::Bytes(kept.len().max(1) + 1),
+                Err(mqtt::MalformedLength) => Need::Invalid,
+            },
+        }
     }
 
-    /// The kept bytes of a frame are in; handles it and skips its rest.
+    /// The first `kept` bytes of a ringbeat frame are in `partial`.
     fn frame_done(
         &mut self,
         i: usize,
+        kept: usize,
         now_ns: u64,
         timing: &Timing,
         tally: &mut Tally,
         out: &mut Vec<Reply>,
     ) {
-        let kept = usize::from(self.partial_len[i]);
         let header: &[u8; HEADER_LEN] = self.partial[i][..HEADER_LEN].try_into().unwrap();
-        let Ok(h) = protocol::parse_header(header, u32::MAX) else {
-            tally.server_protocol_errors += 1;
-            out.push(Reply::Close);
-            return;
-        };
-        self.skip[i] = (h.frame_len() - kept) as u32;
-        self.partial_len[i] = 0;
+        let kind = protocol::parse_header(header, u32::MAX)
+            .expect("frame_len checked it")
+            .kind;
         let payload = &self.partial[i][HEADER_LEN..kept];
-        match h.kind {
+        match kind {
             Kind::Pong if payload.len() == 8 => {
                 let sent_ns = u64::from_be_bytes(payload.try_into().unwrap());
-                self.flags[i] &= !flag::PING_OUTSTANDING;
-                tally.heartbeats_answered += 1;
-                if self.scenario[i] == Scenario::Healthy && sent_ns <= now_ns {
-                    tally.rtt((now_ns - sent_ns) / 1_000);
-                }
+                self.pong(i, sent_ns, now_ns, tally);
             }
             Kind::Ping if payload.len() == 8 => {
                 out.push(Reply::Pong(payload.try_into().unwrap()));
@@ -300,6 +359,44 @@ impl Clients {
                 out.push(Reply::Close);
             }
             _ => {}
+        }
+    }
+
+    /// The first `kept` bytes of an MQTT packet are in `partial`.
+    fn packet_done(
+        &mut self,
+        i: usize,
+        kept: usize,
+        now_ns: u64,
+        tally: &mut Tally,
+        out: &mut Vec<Reply>,
+    ) {
+        let bytes = &self.partial[i][..kept];
+        let h = mqtt::fixed_header(bytes)
+            .ok()
+            .flatten()
+            .expect("frame_len checked it");
+        match h.packet_type {
+            mqtt::PINGRESP => self.pong(i, self.last_sent_ns[i], now_ns, tally),
+            mqtt::CONNACK if bytes.get(h.header_len + 1) == Some(&0) => {
+                self.flags[i] |= flag::SESSION;
+            }
+            // Return code 0 is "accepted"; anything else closes the session.
+            mqtt::CONNACK if bytes.get(h.header_len + 1).is_some_and(|&rc| rc != 0) => {
+                tally.count_close_name("mqtt_connack_refused");
+                self.flags[i] |= flag::GOT_CLOSE;
+                out.push(Reply::Close);
+            }
+            _ => {}
+        }
+    }
+
+    /// A heartbeat sent at `sent_ns` was answered.
+    fn pong(&mut self, i: usize, sent_ns: u64, now_ns: u64, tally: &mut Tally) {
+        self.flags[i] &= !flag::PING_OUTSTANDING;
+        tally.heartbeats_answered += 1;
+        if self.scenario[i] == Scenario::Healthy && sent_ns <= now_ns {
+            tally.rtt((now_ns - sent_ns) / 1_000);
         }
     }
 
@@ -339,6 +436,17 @@ impl Clients {
                 tally.detection(now_ns.saturating_sub(self.last_sent_ns[i]), timing);
             } else if self.state[i] == ClientState::Live && self.scenario[i].stays_alive() {
                 tally.unexpected_disconnects += 1;
+                // An MQTT broker closes a conforming client without a reason
+                // on the wire, and keepalive expiry is why it would once the
+                // session is up. Before CONNACK it is a failed connect (e.g.
+                // the handshake's ACK was dropped by a full accept queue).
+                match self.wire {
+                    Wire::Mqtt if self.flags[i] & flag::SESSION != 0 => {
+                        tally.false_evictions += 1;
+                    }
+                    Wire::Mqtt => tally.count_close_name("mqtt_before_connack"),
+                    Wire::Ringbeat => {}
+                }
             }
         }
         self.state[i] = ClientState::Done;
@@ -366,7 +474,7 @@ mod tests {
     }
 
     fn live(scenarios: Vec<Scenario>) -> Clients {
-        let mut c = Clients::new(scenarios);
+        let mut c = Clients::new(scenarios, Wire::Ringbeat);
         for i in 0..c.len() as u32 {
             c.on_connected(i, 0, &timing());
         }
@@ -473,5 +581,82 @@ mod tests {
             panic!("dribble sends");
         };
         assert_eq!((bytes.len(), next_ns), (1, Some(at + DRIBBLE_STEP_NS)));
+    }
+
+    fn live_mqtt(scenarios: Vec<Scenario>) -> Clients {
+        let mut c = Clients::new(scenarios, Wire::Mqtt);
+        for i in 0..c.len() as u32 {
+            c.on_connected(i, 0, &timing());
+        }
+        c
+    }
+
+    #[test]
+    fn mqtt_clients_pingreq_and_time_the_pingresp() {
+        let (t, mut tally) = (timing(), Tally::default());
+        tally.steady = true;
+        let mut c = live_mqtt(vec![Scenario::Healthy]);
+        let mut out = Vec::new();
+        // CONNACK (accepted) and PINGRESP, split at every byte.
+        for b in [0x20, 0x02, 0x00, 0x00] {
+            c.on_bytes(0, &[b], 1_000, &t, &mut tally, &mut out);
+        }
+        let Due::Send { bytes, .. } = c.on_due(0, 5_000, 0.5, &t, &mut tally) else {
+            panic!("a healthy client pings");
+        };
+        assert_eq!(bytes, mqtt::PINGREQ);
+        for b in [0xD0, 0x00] {
+            c.on_bytes(0, &[b], 3_005_000, &t, &mut tally, &mut out);
+        }
+        assert!(out.is_empty());
+        assert_eq!((tally.heartbeats_sent, tally.heartbeats_answered), (1, 1));
+        let max = tally.rtt_us.max();
+        assert!(
+            (3_000..=3_002).contains(&max),
+            "{max} (3 significant digits)"
+        );
+    }
+
+    #[test]
+    fn mqtt_refused_connack_closes_and_other_packets_are_skipped() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live_mqtt(vec![Scenario::Healthy]);
+        let mut out = Vec::new();
+        // A PUBLISH with a 2-byte remaining length (200 bytes) is skipped whole.
+        let mut bytes = vec![0x30, 0xC8, 0x01];
+        bytes.extend([7; 200]);
+        bytes.extend([0x20, 0x02, 0x00, 0x05]);
+        c.on_bytes(0, &bytes, 1, &t, &mut tally, &mut out);
+        assert_eq!(out, [Reply::Close]);
+        assert_eq!(tally.closes_by_reason["mqtt_connack_refused"], 1);
+    }
+
+    #[test]
+    fn mqtt_eof_is_a_detection_for_silent_and_a_false_eviction_for_a_healthy_session() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live_mqtt(vec![Scenario::Silent, Scenario::Healthy, Scenario::Healthy]);
+        let mut out = Vec::new();
+        c.on_bytes(1, &[0x20, 0x02, 0x00, 0x00], 1, &t, &mut tally, &mut out);
+        c.on_due(0, 3_000_000_000, 0.5, &t, &mut tally);
+        c.on_eof(0, false, 6_050_000_000, &t, &mut tally);
+        c.on_eof(1, false, 6_050_000_000, &t, &mut tally);
+        assert_eq!((tally.silent_evicted, tally.false_evictions), (1, 1));
+        // Dropped before CONNACK: a failed connect, not an eviction.
+        c.on_eof(2, true, 6_050_000_000, &t, &mut tally);
+        assert_eq!(tally.false_evictions, 1);
+        assert_eq!(tally.closes_by_reason["mqtt_before_connack"], 1);
+    }
+
+    #[test]
+    fn mqtt_faults_send_disconnect_and_a_reserved_packet() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live_mqtt(vec![Scenario::Close, Scenario::Garbage]);
+        let at = 3_000_000_000;
+        let sent = |d| match d {
+            Due::Send { bytes, .. } => bytes,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sent(c.on_due(0, at, 0.5, &t, &mut tally)), mqtt::DISCONNECT);
+        assert_eq!(sent(c.on_due(1, at, 0.5, &t, &mut tally)), mqtt::GARBAGE);
     }
 }

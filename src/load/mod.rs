@@ -3,13 +3,15 @@
 //! heartbeats lost, how fast silent peers are detected, false evictions.
 //!
 //! Layout: `mix` (fault scenarios), `args` (flags), `clients` (per-thread
-//! client state and frame handling, sans-IO), `wheel` (timer wheel),
+//! client state and frame handling, sans-IO), `mqtt` (the MQTT 3.1.1 slice
+//! for benchmarking a broker), `wheel` (timer wheel),
 //! `report` (counters, histograms, JSON), `sample` (server and kernel
 //! memory/CPU from /proc), `worker` (the io_uring driver, one per thread).
 
 pub mod args;
 pub mod clients;
 pub mod mix;
+pub mod mqtt;
 pub mod report;
 pub mod sample;
 pub mod wheel;

@@ -23,6 +23,8 @@ fn histogram() -> Histogram<u64> {
 pub struct Tally {
     pub connected: u64,
     pub connect_errors: u64,
+    /// When the last connect completed, since the run started.
+    pub last_connected_ns: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_answered: u64,
     pub heartbeats_lost: u64,
@@ -51,6 +53,7 @@ impl Default for Tally {
         Tally {
             connected: 0,
             connect_errors: 0,
+            last_connected_ns: 0,
             heartbeats_sent: 0,
             heartbeats_answered: 0,
             heartbeats_lost: 0,
@@ -101,6 +104,7 @@ impl Tally {
     pub fn merge(&mut self, other: &Tally) {
         self.connected += other.connected;
         self.connect_errors += other.connect_errors;
+        self.last_connected_ns = self.last_connected_ns.max(other.last_connected_ns);
         self.heartbeats_sent += other.heartbeats_sent;
         self.heartbeats_answered += other.heartbeats_answered;
         self.heartbeats_lost += other.heartbeats_lost;

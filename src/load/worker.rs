@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::args::LoadConfig;
-use super::clients::{ClientState, Clients, Due, Reply};
+use super::clients::{ClientState, Clients, Due, Reply, Wire};
 use super::mix::Scenario;
+use super::mqtt;
 use super::report::{Progress, Tally};
 use super::wheel::Wheel;
 use crate::conn_table::NONE;
@@ -90,7 +91,7 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
     let mut w = Worker {
         ring,
         fast,
-        clients: Clients::new(scenarios),
+        clients: Clients::new(scenarios, cfg.args.protocol),
         wheel: Wheel::new(WHEEL_SLOT.as_nanos() as u64, horizon_ns, 0),
         fds: if fast {
             Vec::new()
@@ -252,15 +253,23 @@ impl Worker {
             return self.close_fd(c);
         }
         self.tally.connected += 1;
+        self.tally.last_connected_ns = now_ns;
         if self.clients.scenario[c as usize] == Scenario::Silent {
             self.tally.silent_total += 1;
         }
         let timing = self.spec.config.timing;
         self.clients.on_connected(c, now_ns, &timing);
         self.ring.recv(self.fd(c), c, GENERATION, self.fast)?;
-        if self.spec.config.args.hello {
-            let id = self.spec.first_client + u64::from(c) + 1;
-            self.queue(c, &protocol::hello_frame(id, 0));
+        let id = self.spec.first_client + u64::from(c) + 1;
+        match self.spec.config.args.protocol {
+            Wire::Mqtt => {
+                let keepalive_s = self.spec.config.mqtt_keepalive_s;
+                self.queue(c, &mqtt::connect_packet(&format!("rb{id}"), keepalive_s));
+            }
+            Wire::Ringbeat if self.spec.config.args.hello => {
+                self.queue(c, &protocol::hello_frame(id, 0));
+            }
+            Wire::Ringbeat => {}
         }
         // Spread first PINGs over one interval.
         let first = now_ns + (self.unit() * timing.interval_ns as f64) as u64;

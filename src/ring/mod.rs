@@ -362,12 +362,45 @@ impl Ring {
         self.push(entry.user_data(UserData::new(Op::Wake, 0, 0).encode()))
     }
 
+    /// Whether [`Ring::submit_and_wait_batched`] can batch (kernel 6.12+,
+    /// IORING_FEAT_MIN_TIMEOUT).
+    pub fn can_batch_wait(&self) -> bool {
+        self.uring.params().is_feature_min_timeout()
+    }
+
     /// Submits and waits for at least `want` completions, then copies every
     /// available completion out. EINTR and EBUSY count as zero waited.
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<&[Completion]> {
-        match self.uring.submit_and_wait(want) {
+        let waited = self.uring.submit_and_wait(want);
+        self.reap(waited)
+    }
+
+    /// Like `submit_and_wait(want)`, except that once `min_wait_us` has
+    /// passed, one completion is enough. A busy thread so wakes once per
+    /// batch instead of once per completion, and an idle one still sleeps
+    /// until its first completion. Without kernel support (see
+    /// [`Ring::can_batch_wait`]) it waits for one completion.
+    pub fn submit_and_wait_batched(
+        &mut self,
+        want: usize,
+        min_wait_us: u32,
+    ) -> io::Result<&[Completion]> {
+        if min_wait_us == 0 || want <= 1 || !self.can_batch_wait() {
+            return self.submit_and_wait(1);
+        }
+        let args = types::SubmitArgs::new().min_wait_usec(min_wait_us);
+        let waited = self.uring.submitter().submit_with_args(want, &args);
+        self.reap(waited)
+    }
+
+    fn reap(&mut self, waited: io::Result<usize>) -> io::Result<&[Completion]> {
+        match waited {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                ) => {}
             Err(e) => return Err(e),
         }
         self.cqes.clear();
