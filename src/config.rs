@@ -23,6 +23,9 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 1 << 20;
 /// Smallest and largest tick. Below 1 ms the sweep is no longer coarse.
 pub const TICK_MIN: Duration = Duration::from_millis(1);
 pub const TICK_MAX: Duration = Duration::from_secs(10);
+/// Default and largest `batch_wait`.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
+pub const BATCH_WAIT_MAX: Duration = Duration::from_millis(50);
 /// Largest timeout in ticks: ages are u32 tick differences and must never
 /// come near wrap-around.
 pub const TIMEOUT_TICKS_MAX: u64 = 1 << 30;
@@ -99,6 +102,11 @@ pub struct ServeArgs {
     /// Sweep period; eviction is at most one tick late [default: 100ms]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub tick: Option<Duration>,
+    /// How long a busy shard may gather completions before it handles them:
+    /// one wake-up per batch instead of per packet, used only while the
+    /// rate fills it (kernel 6.12+; 0 = off) [default: 10ms, at most tick/4]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub batch_wait: Option<Duration>,
     /// Shard threads, each with its own ring and listener [default: cores]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
@@ -142,6 +150,8 @@ pub struct FileConfig {
     pub timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub tick: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub batch_wait: Option<Duration>,
     pub shards: Option<usize>,
     pub max_payload: Option<u32>,
     pub max_connections: Option<u32>,
@@ -181,6 +191,8 @@ pub struct Config {
     pub interval: Duration,
     pub timeout: Duration,
     pub tick: Duration,
+    /// Longest a shard gathers completions before handling them.
+    pub batch_wait: Duration,
     pub shards: usize,
     pub max_payload: u32,
     pub max_connections: u32,
@@ -231,11 +243,16 @@ impl Config {
             file.listen
                 .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")])
         };
+        let tick = args.tick.or(file.tick).unwrap_or(DEFAULT_TICK);
         let config = Config {
             listen,
             interval: args.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL),
             timeout: args.timeout.or(file.timeout).unwrap_or(DEFAULT_TIMEOUT),
-            tick: args.tick.or(file.tick).unwrap_or(DEFAULT_TICK),
+            tick,
+            batch_wait: args
+                .batch_wait
+                .or(file.batch_wait)
+                .unwrap_or(DEFAULT_BATCH_WAIT.min(tick / 4)),
             shards: args.shards.or(file.shards).unwrap_or_else(cores),
             max_payload: args
                 .max_payload
@@ -269,6 +286,12 @@ impl Config {
             return bad(format!(
                 "--tick must be within 1ms..=10s, got {:?}",
                 self.tick
+            ));
+        }
+        if self.batch_wait > BATCH_WAIT_MAX || self.batch_wait * 2 > self.tick {
+            return bad(format!(
+                "--batch-wait must be at most {BATCH_WAIT_MAX:?} and half a --tick, got {:?}",
+                self.batch_wait
             ));
         }
         if self.interval < self.tick {
@@ -367,6 +390,25 @@ mod tests {
         assert_eq!(c.shards, 5);
         assert!(c.probe);
         assert_eq!(c.tcp_keepalive.unwrap().count, 5);
+    }
+
+    #[test]
+    fn batch_wait_defaults_to_a_quarter_tick_at_most_and_is_bounded() {
+        let fine_tick = Config::resolve(ServeArgs {
+            tick: Some(Duration::from_millis(20)),
+            interval: Some(Duration::from_secs(1)),
+            timeout: Some(Duration::from_secs(3)),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(fine_tick.batch_wait, Duration::from_millis(5));
+        assert_eq!(Config::default().batch_wait, Duration::from_millis(10));
+        let err = Config::resolve(ServeArgs {
+            batch_wait: Some(Duration::from_millis(60)),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--batch-wait"), "{err}");
     }
 
     #[test]

@@ -408,5 +408,6 @@ fn shard_spec(
         stats: shared.stats.clone(),
         start: shared.start,
         tick: config.tick,
+        batch_wait_us: config.batch_wait.as_micros() as u32,
     })
 }

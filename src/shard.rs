@@ -19,7 +19,7 @@ use crate::conn_table::{flag, State};
 use crate::engine::{CloseCause, Engine, Io};
 use crate::events::{Event, EventSender};
 use crate::registry::{Control, Registry};
-use crate::ring::{Completion, Fd, Ring, RingSetup, ACCEPTS_PER_LISTENER};
+use crate::ring::{BatchWait, Completion, Fd, Ring, RingSetup, ACCEPTS_PER_LISTENER};
 use crate::send_pool::{QueueError, SendPool};
 use crate::server::Peers;
 use crate::stats::Stats;
@@ -29,6 +29,8 @@ use crate::user_data::{Op, UserData};
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown may take before in-flight sends are abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Completions a busy shard gathers per wake-up, at most `batch_wait` long.
+const BATCH_WANT: usize = 64;
 
 /// Which io_uring features a shard uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub struct ShardSpec {
     pub stats: Arc<Stats>,
     pub start: Instant,
     pub tick: Duration,
+    /// See [`crate::config::Config::batch_wait`].
+    pub batch_wait_us: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +131,9 @@ pub struct Shard {
     accept_failures: u64,
     /// Receives that ended for lack of buffers, re-armed at the next tick.
     starved: Vec<(u32, u32)>,
+    /// Receive buffers given back in the current pass of the loop.
+    buffers_returned: u32,
+    wait: BatchWait,
 }
 
 impl Shard {
@@ -160,6 +167,8 @@ impl Shard {
             paused: pause::Paused::default(),
             accept_failures: 0,
             starved: Vec::new(),
+            buffers_returned: 0,
+            wait: BatchWait::new(spec.batch_wait_us, spec.tick.as_micros() as u64),
             spec,
         })
     }
@@ -179,12 +188,21 @@ impl Shard {
         self.ring.wake_read(self.spec.wake_fd)?;
         loop {
             self.batch.clear();
-            let cqes = self.ring.submit_and_wait(1)?;
+            let window_us = self.batch_window_us();
+            let cqes = self.ring.submit_and_wait_batched(BATCH_WANT, window_us)?;
             self.batch.extend_from_slice(cqes);
+            self.wait.record(self.batch.len());
+            self.buffers_returned = 0;
             self.set_clock();
             for i in 0..self.batch.len() {
                 let cqe = self.batch[i];
                 self.on_completion(cqe)?;
+            }
+            // Buffers came back in this pass, so receives that ran out can
+            // go again now instead of a tick later. (With none back they
+            // would fail at once: that waits for the tick.)
+            if self.buffers_returned > 0 && !self.starved.is_empty() {
+                self.rearm_starved()?;
             }
             self.drain_control()?;
             self.flush()?;
@@ -192,6 +210,19 @@ impl Shard {
                 return Ok(());
             }
         }
+    }
+
+    /// How long this wait may gather completions: the batch window, cut
+    /// short at the next tick so the sweep is never held back by it.
+    fn batch_window_us(&self) -> u32 {
+        let window_us = self.wait.window_us();
+        if window_us == 0 {
+            return 0;
+        }
+        let tick_ns = self.spec.tick.as_nanos() as u64;
+        let now_ns = self.spec.start.elapsed().as_nanos() as u64;
+        let until_tick_us = (tick_ns - now_ns % tick_ns) / 1_000;
+        window_us.min(until_tick_us as u32)
     }
 
     fn set_clock(&mut self) {
@@ -375,6 +406,7 @@ impl Shard {
         }
         if let Some(bid) = bid {
             self.ring.return_buffer(bid)?;
+            self.buffers_returned += 1;
         }
         if !current || cqe.more() {
             return Ok(());
@@ -391,7 +423,7 @@ impl Shard {
             }
             r if r == -libc::ENOBUFS => {
                 // Re-arming now would spin: the kernel has data and still no
-                // buffer. Wait a tick for the buffers in flight to return.
+                // buffer. Wait until buffers have come back (see `run`).
                 self.spec.stats.recv_no_buffers.inc();
                 self.starved.push((slot, ud.generation));
             }
@@ -497,6 +529,7 @@ impl Shard {
                 self.ring.accept(fd, index, addr, self.spec.plan.fast)?;
             }
         }
+        self.wait.on_tick();
         self.expire_lingering();
         self.expire_paused();
         self.rearm_starved()?;

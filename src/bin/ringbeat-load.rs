@@ -209,6 +209,7 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
         "false_evictions": t.false_evictions,
         "unexpected_disconnects": t.unexpected_disconnects,
         "server_protocol_errors": t.server_protocol_errors,
+        "recv_no_buffers": t.recv_no_buffers,
         "closes_by_reason": t.closes_by_reason,
         "server": {
             "pid": a.server_pid,

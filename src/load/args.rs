@@ -74,6 +74,11 @@ pub struct LoadArgs {
     /// Write the result JSON here
     #[arg(long, value_name = "PATH")]
     pub json: Option<std::path::PathBuf>,
+    /// How long a busy worker may gather completions before handling them
+    /// (fewer wake-ups; RTTs and detections are then measured up to this
+    /// late, and the detection slack grows by it; kernel 6.12+)
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub batch_wait: Duration,
     /// Use regular fds instead of direct descriptors (capped by nofile)
     #[arg(long)]
     pub compat: bool,
@@ -111,6 +116,9 @@ impl LoadConfig {
         if args.interval.is_zero() || args.tick.is_zero() || args.timeout <= args.interval {
             return Err("need 0 < --interval < --timeout and --tick > 0".into());
         }
+        if args.batch_wait > Duration::from_millis(50) {
+            return Err("--batch-wait must be at most 50ms".into());
+        }
         if args.sources == 0 {
             return Err("--sources must be at least 1".into());
         }
@@ -139,6 +147,7 @@ impl LoadConfig {
             fault_not_before_ns: args.fault_at.map_or(0, |d| d.as_nanos() as u64),
             server_timeout_ns: args.timeout.as_nanos() as u64,
             server_tick_ns: args.tick.as_nanos() as u64,
+            slack_ns: super::report::MEASURE_SLACK_NS + args.batch_wait.as_nanos() as u64,
         };
         Ok(LoadConfig {
             args,

@@ -53,6 +53,9 @@ pub struct Timing {
     pub fault_not_before_ns: u64,
     pub server_timeout_ns: u64,
     pub server_tick_ns: u64,
+    /// Allowance on the detection bound for measuring from this side
+    /// (see [`super::report::Tally::detection`]).
+    pub slack_ns: u64,
 }
 
 /// What the worker must do for a client that came due.
@@ -470,6 +473,7 @@ mod tests {
             fault_not_before_ns: 0,
             server_timeout_ns: 3_000_000_000,
             server_tick_ns: 100_000_000,
+            slack_ns: crate::load::report::MEASURE_SLACK_NS,
         }
     }
 

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use super::clients::Timing;
 use crate::protocol::CloseReason;
 
-/// Measurement slack on the detection bound (see [`Tally::detection`]).
+/// Measurement slack on the detection bound (see [`Tally::detection`]),
+/// before the load generator's own `--batch-wait` is added.
 pub const MEASURE_SLACK_NS: u64 = 10_000_000;
 
 fn histogram() -> Histogram<u64> {
@@ -45,6 +46,8 @@ pub struct Tally {
     pub false_evictions: u64,
     pub unexpected_disconnects: u64,
     pub server_protocol_errors: u64,
+    /// Receives that ended for lack of buffers (re-armed later).
+    pub recv_no_buffers: u64,
     pub closes_by_reason: BTreeMap<&'static str, u64>,
 }
 
@@ -69,6 +72,7 @@ impl Default for Tally {
             false_evictions: 0,
             unexpected_disconnects: 0,
             server_protocol_errors: 0,
+            recv_no_buffers: 0,
             closes_by_reason: BTreeMap::new(),
         }
     }
@@ -91,7 +95,7 @@ impl Tally {
     /// not hidden: see `max`).
     pub fn detection(&mut self, silent_ns: u64, timing: &Timing) {
         let _ = self.detection_ms.record((silent_ns / 1_000_000).max(1));
-        let bound = timing.server_timeout_ns + timing.server_tick_ns + MEASURE_SLACK_NS;
+        let bound = timing.server_timeout_ns + timing.server_tick_ns + timing.slack_ns;
         if silent_ns < timing.server_timeout_ns {
             self.detection_early += 1;
         } else if silent_ns <= bound {
@@ -119,6 +123,7 @@ impl Tally {
         self.false_evictions += other.false_evictions;
         self.unexpected_disconnects += other.unexpected_disconnects;
         self.server_protocol_errors += other.server_protocol_errors;
+        self.recv_no_buffers += other.recv_no_buffers;
         for (k, v) in &other.closes_by_reason {
             *self.closes_by_reason.entry(k).or_default() += v;
         }
@@ -158,7 +163,7 @@ impl Tally {
             "max": h.max(),
             "timeout_ms": timing.server_timeout_ns / 1_000_000,
             "tick_ms": timing.server_tick_ns / 1_000_000,
-            "slack_ms": MEASURE_SLACK_NS / 1_000_000,
+            "slack_ms": timing.slack_ns / 1_000_000,
             "within_bound": self.detection_within_bound,
             "late": self.detection_late,
             "early": self.detection_early,
@@ -213,6 +218,7 @@ mod tests {
             fault_not_before_ns: 0,
             server_timeout_ns: 3_000_000_000,
             server_tick_ns: 100_000_000,
+            slack_ns: MEASURE_SLACK_NS,
         };
         let mut t = Tally::default();
         for ms in [2_999, 3_000, 3_110, 3_111] {

@@ -20,7 +20,7 @@ use super::report::{Progress, Tally};
 use super::wheel::Wheel;
 use crate::conn_table::NONE;
 use crate::protocol;
-use crate::ring::{Completion, Fd, Ring, RingSetup};
+use crate::ring::{BatchWait, Completion, Fd, Ring, RingSetup};
 use crate::user_data::{Op, UserData};
 
 /// Clients never reuse a slot, so one generation serves all.
@@ -29,6 +29,8 @@ const GENERATION: u32 = 1;
 const WHEEL_SLOT: Duration = Duration::from_millis(10);
 /// Send chunks kept free for replies (PONGs, CLOSE) when PINGs wait.
 const SEND_RESERVE_CHUNKS: usize = 64;
+/// Completions gathered per wake-up when `--batch-wait` is on.
+const BATCH_WANT: usize = 64;
 /// Most connects in flight per worker (bounds the accept backlog we cause).
 const CONNECTING_MAX: u32 = 1024;
 
@@ -69,6 +71,9 @@ struct Worker {
     batch: Vec<Completion>,
     /// Receives that ended for lack of buffers.
     starved: Vec<u32>,
+    /// Receive buffers given back in the current pass of the loop.
+    buffers_returned: u32,
+    wait: BatchWait,
 }
 
 /// Runs a worker until `stop`; returns what it measured.
@@ -111,6 +116,11 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
         dirty: Vec::new(),
         batch: Vec::new(),
         starved: Vec::new(),
+        buffers_returned: 0,
+        wait: BatchWait::new(
+            cfg.args.batch_wait.as_micros() as u32,
+            WHEEL_SLOT.as_micros() as u64,
+        ),
         spec,
     };
     let targets: Vec<SocketAddr> = cfg.args.connect.clone();
@@ -155,15 +165,35 @@ impl Worker {
                 self.tick_armed = true;
             }
             self.batch.clear();
-            let cqes = self.ring.submit_and_wait(1)?;
+            let cqes = self
+                .ring
+                .submit_and_wait_batched(BATCH_WANT, self.batch_window_us())?;
             self.batch.extend_from_slice(cqes);
+            self.wait.record(self.batch.len());
+            self.buffers_returned = 0;
             for i in 0..self.batch.len() {
                 let cqe = self.batch[i];
                 self.on_completion(cqe)?;
             }
+            // Receives that ran out of buffers go again once some came back.
+            if self.buffers_returned > 0 {
+                self.rearm_starved()?;
+            }
             self.publish();
         }
         Ok(())
+    }
+
+    /// The batch window, cut short at the next wheel slot so PINGs leave
+    /// on time.
+    fn batch_window_us(&self) -> u32 {
+        let window_us = self.wait.window_us();
+        if window_us == 0 {
+            return 0;
+        }
+        let slot_ns = WHEEL_SLOT.as_nanos() as u64;
+        let until_slot_us = (slot_ns - self.now_ns() % slot_ns) / 1_000;
+        window_us.min(until_slot_us as u32)
     }
 
     fn publish(&self) {
@@ -228,16 +258,21 @@ impl Worker {
             Op::Send => self.on_send(ud.slot, cqe.result),
             Op::Tick => {
                 self.tick_armed = false;
-                for c in std::mem::take(&mut self.starved) {
-                    if !self.fd_closed[c as usize] {
-                        self.ring.recv(self.fd(c), c, GENERATION, self.fast)?;
-                    }
-                }
-                Ok(())
+                self.wait.on_tick();
+                self.rearm_starved()
             }
             Op::Close | Op::Cancel | Op::ProvideBuffers => Ok(()),
             op => unreachable!("a load worker never submits {op:?}"),
         }
+    }
+
+    fn rearm_starved(&mut self) -> std::io::Result<()> {
+        for c in std::mem::take(&mut self.starved) {
+            if !self.fd_closed[c as usize] {
+                self.ring.recv(self.fd(c), c, GENERATION, self.fast)?;
+            }
+        }
+        Ok(())
     }
 
     fn on_connect(&mut self, c: u32, result: i32) -> std::io::Result<()> {
@@ -287,6 +322,7 @@ impl Worker {
                     .on_bytes(c, data, now_ns, &timing, &mut self.tally, &mut self.replies);
             }
             self.ring.return_buffer(bid)?;
+            self.buffers_returned += 1;
         }
         for reply in std::mem::take(&mut self.replies) {
             match reply {
@@ -303,8 +339,11 @@ impl Worker {
         ) && !self.fd_closed[c as usize];
         match cqe.result {
             r if r > 0 && open => self.ring.recv(self.fd(c), c, GENERATION, self.fast)?,
-            // No buffer: re-arm after the next tick rather than spin.
-            r if r == -libc::ENOBUFS && open => self.starved.push(c),
+            // No buffer: re-arm once buffers came back, rather than spin.
+            r if r == -libc::ENOBUFS && open => {
+                self.tally.recv_no_buffers += 1;
+                self.starved.push(c);
+            }
             r if r > 0 || r == -libc::ECANCELED || r == -libc::ENOBUFS => {}
             r => {
                 if self.clients.state[c as usize] != ClientState::Done {

@@ -19,7 +19,9 @@ use crate::buf_ring::{RecvBuffers, BGID, BUF_LEN};
 use crate::send_pool::{SendPool, GATHER_MAX};
 use crate::user_data::{Op, UserData};
 
+mod batch;
 mod probe;
+pub use batch::BatchWait;
 pub use probe::Features;
 
 /// Single-shot accepts kept in flight per listener (each owns an address
