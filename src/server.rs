@@ -408,6 +408,13 @@ fn shard_spec(
         stats: shared.stats.clone(),
         start: shared.start,
         tick: config.tick,
-        batch_wait_us: config.batch_wait.as_micros() as u32,
+        // Measured: in compat mode (single-shot receives) a minimum wait
+        // stalled replies for up to a second (RTT p99 4.9 ms -> 420 ms at
+        // 15K clients), so only fast mode batches.
+        batch_wait_us: if shared.plan.fast {
+            config.batch_wait.as_micros() as u32
+        } else {
+            0
+        },
     })
 }

@@ -117,8 +117,14 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
         batch: Vec::new(),
         starved: Vec::new(),
         buffers_returned: 0,
+        // Compat (single-shot receives) stalls under a minimum wait; see
+        // `server`, so only fast mode batches.
         wait: BatchWait::new(
-            cfg.args.batch_wait.as_micros() as u32,
+            if fast {
+                cfg.args.batch_wait.as_micros() as u32
+            } else {
+                0
+            },
             WHEEL_SLOT.as_micros() as u64,
         ),
         spec,

@@ -42,6 +42,7 @@ fn this_box() -> Inputs {
         tcp_max_syn_backlog: Some(4096),
         tcp_mem_pages: Some([1_572_864, 2_097_152, 3_145_728]),
         port_range: Some((1024, 65535)),
+        tcp_ehash_entries: Some(262_144),
         io_uring_disabled: Some(0),
         mem_available_bytes: Some(24 << 30),
         page_bytes: 4096,
@@ -275,4 +276,18 @@ fn gathers_from_a_proc_tree() {
     assert_eq!(inputs.port_range, Some((32768, 60999)));
     assert_eq!(inputs.mem_available_bytes, Some(2 << 20));
     assert_eq!(inputs.somaxconn, None);
+}
+
+#[test]
+fn a_small_established_hash_warns_with_the_boot_parameter() {
+    let mut t = target(1_000_000, 56);
+    let r = report(&this_box(), &t);
+    assert_eq!(status(&r, "tcp ehash"), Status::Warn);
+    assert!(fix(&r, "tcp ehash").contains("thash_entries=1048576"));
+    t.local_clients = true;
+    assert!(fix(&report(&this_box(), &t), "tcp ehash").contains("2097152"));
+    assert_eq!(
+        status(&report(&this_box(), &target(100_000, 2)), "tcp ehash"),
+        Status::Ok
+    );
 }
