@@ -29,14 +29,17 @@ def measure(prefix, n):
     rss0 = int(open(f"{prefix}-{n}-rss0").read()) * 1024
     s = r["server"]
     live = max(r["peak_live"], 1)
-    cpu_s = s["cpu_user_s"] + s["cpu_sys_s"]
+    # Steady state: "t0 ticks0 t1 ticks1 clk_tck", written by capacity.sh.
+    t0, c0, t1, c1, hz = map(float, open(f"{prefix}-{n}-steady").read().split())
+    steady_cores = (c1 - c0) / hz / max(t1 - t0, 1e-3)
     return {
         "clients": n, "live": live,
         "server_rss_bytes": s["rss_bytes_at_peak_live"],
         "server_user_bytes": s["rss_bytes_at_peak_live"] - rss0,
         "kernel_bytes": s["slab_bytes_delta"],
-        "heartbeats_per_s": r["heartbeats_answered"] / max(r["duration_s"], 1),
-        "server_cores": cpu_s / max(r["duration_s"], 1),
+        # Every client PINGs every 30 s (±10%, so 30 s on average).
+        "heartbeats_per_s": live / 30.0,
+        "server_cores": steady_cores,
         "false_evictions": r["false_evictions"],
     }
 

@@ -9,27 +9,13 @@ use std::process::Command;
 use common::{start, stop, timed_args};
 use ringbeat::config::IoMode;
 
-#[test]
-fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
-    let server = start(timed_args(IoMode::Auto, 500, 1_500, 50));
-    let addr = server.local_addrs()[0].to_string();
+/// Runs `ringbeat-load` with `args`, asserts it succeeded, and returns its
+/// result JSON (also printed, for the figures).
+fn run_load(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("load.json");
     let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
-        .args(["--connect", &addr, "--clients", "300", "--ramp", "1000"])
-        .args([
-            "--interval",
-            "500ms",
-            "--timeout",
-            "1500ms",
-            "--tick",
-            "50ms",
-        ])
-        .args(["--fault-after", "500ms", "--duration", "6s", "--hello"])
-        .args([
-            "--mix",
-            "silent=0.2,reset=0.1,close=0.1,garbage=0.1,dribble=0.1",
-        ])
+        .args(args)
         .arg("--json")
         .arg(&json_path)
         .output()
@@ -39,6 +25,34 @@ fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    r
+}
+
+#[test]
+fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
+    let server = start(timed_args(IoMode::Auto, 500, 1_500, 50));
+    let addr = server.local_addrs()[0].to_string();
+    let r = run_load(&[
+        "--connect",
+        &addr,
+        "--clients",
+        "300",
+        "--ramp",
+        "1000",
+        "--interval",
+        "500ms",
+        "--timeout",
+        "1500ms",
+        "--tick",
+        "50ms",
+        "--fault-after",
+        "500ms",
+        "--duration",
+        "6s",
+        "--hello",
+        "--mix",
+        "silent=0.2,reset=0.1,close=0.1,garbage=0.1,dribble=0.1",
+    ]);
     assert_eq!(r["tool"], "ringbeat-load");
     assert_eq!(r["schema"], 1);
     assert_eq!(r["connected"], 300);
@@ -116,29 +130,26 @@ fn mqtt_mode_pings_a_broker_and_detects_silent_clients_by_eof() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || tiny_broker(listener));
-    let dir = tempfile::tempdir().unwrap();
-    let json_path = dir.path().join("load.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
-        .args(["--connect", &addr, "--clients", "40", "--ramp", "1000"])
-        .args([
-            "--protocol",
-            "mqtt",
-            "--interval",
-            "300ms",
-            "--timeout",
-            "1500ms",
-        ])
-        .args(["--fault-after", "300ms", "--duration", "5s"])
-        .args(["--mix", "silent=0.25,close=0.1,garbage=0.1,dribble=0.1"])
-        .arg("--json")
-        .arg(&json_path)
-        .output()
-        .expect("run ringbeat-load");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "ringbeat-load failed:\n{stderr}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    let r = run_load(&[
+        "--connect",
+        &addr,
+        "--clients",
+        "40",
+        "--ramp",
+        "1000",
+        "--protocol",
+        "mqtt",
+        "--interval",
+        "300ms",
+        "--timeout",
+        "1500ms",
+        "--fault-after",
+        "300ms",
+        "--duration",
+        "5s",
+        "--mix",
+        "silent=0.25,close=0.1,garbage=0.1,dribble=0.1",
+    ]);
     assert_eq!(r["args"]["protocol"], "mqtt");
     assert_eq!(r["connected"], 40);
     assert_eq!(r["false_evictions"], 0);
