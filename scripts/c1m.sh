@@ -130,10 +130,35 @@ curl -s -m 5 "127.0.0.1:$metrics_port/metrics" > "$out-metrics.txt" || true
 set -e
 tail -3 "$out-load.log"
 
-python3 - "$out" "$clients" "$shards" "$slab_before" "$rss_before" "$load_rc" "$soak" <<'PY'
-import csv, json, platform, sys
-out, clients, shards, slab_before, rss_before, load_rc, soak = sys.argv[1:]
+python3 - "$out" "$clients" "$shards" "$slab_before" "$rss_before" "$load_rc" "$soak" "$ramp_s" "$(getconf CLK_TCK)" <<'PY'
+import csv, json, platform, re, sys
+out, clients, shards, slab_before, rss_before, load_rc, soak, ramp_s, clk_tck = sys.argv[1:]
 clients, shards, slab_before, rss_before = int(clients), int(shards), int(slab_before), int(rss_before)
+ramp_s, soak, clk_tck = int(ramp_s), int(soak), int(clk_tck)
+
+def steady_cores(rows, interval_s):
+    """Server cores over the soak once every client has sent its first PING."""
+    st = [r for r in rows if ramp_s + interval_s * 1.1 + 2 <= int(r["t_s"]) <= ramp_s + soak - 5]
+    if len(st) < 2:
+        return None
+    a, b = st[0], st[-1]
+    ticks = sum(int(b[k]) - int(a[k]) for k in ("server_utime", "server_stime"))
+    return ticks / clk_tck / max(int(b["t_s"]) - int(a["t_s"]), 1)
+
+def tick_lag_ms(path):
+    """(p99 bucket bound, max bucket bound) of ringbeat_tick_lag_seconds, in ms."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return None
+    buckets = [(float(m[1]) if m[1] != "+Inf" else float("inf"), int(m[2])) for m in
+               re.finditer(r'ringbeat_tick_lag_seconds_bucket\{le="([^"]+)"\} (\d+)', text)]
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    p99 = next(le for le, n in buckets if n >= total * 0.99)
+    top = next(le for le, n in buckets if n >= total)
+    return p99 * 1e3, top * 1e3
 load = json.load(open(out + "-load.json"))
 rows = list(csv.DictReader(open(out + "-samples.csv")))
 peak = max(rows, key=lambda r: int(r["live"] or 0)) if rows else {}
@@ -143,6 +168,9 @@ slab_kb = int(peak.get("slab_kb", 0) or 0)
 srv = load["server"]
 hb_s = load["heartbeats_per_s"]
 cpu_s = srv["cpu_user_s"] + srv["cpu_sys_s"]
+interval_s = load["args"]["interval_ms"] / 1000
+cores = steady_cores(rows, interval_s)
+lag = tick_lag_ms(out + "-metrics.txt")
 summary = {
     "tool": "c1m.sh", "schema": 1, "kernel": platform.release(),
     "clients_target": clients, "shards": shards, "soak_s": int(soak),
@@ -152,6 +180,9 @@ summary = {
     "kernel_slab_bytes_per_connection_pair": (slab_kb - slab_before) * 1024 / max(live, 1),
     "server_cpu_s": cpu_s, "server_cpu_util_avg": cpu_s / max(load["duration_s"], 1),
     "heartbeats_per_s": hb_s,
+    "server_cores_steady": cores,
+    "heartbeats_per_s_steady": (load["peak_live"] - load["silent_total"]) / interval_s,
+    "tick_lag_ms_p99_max": lag,
     "connect_rate_per_s": load["connect_rate_per_s"],
     "rtt_us": load["rtt_us"], "detection_ms": load["detection_ms"],
     "silent_total": load["silent_total"], "silent_evicted": load["silent_evicted"],
@@ -172,7 +203,9 @@ md = f"""# c1m run {out.split('c1m-')[1]}
 | server user-space bytes / connection | {summary['server_user_bytes_per_connection']:.0f} |
 | kernel slab bytes / connection (both ends) | {summary['kernel_slab_bytes_per_connection_pair']:.0f} |
 | heartbeats / s | {hb_s:,.0f} |
-| server CPU (avg of one core) | {summary['server_cpu_util_avg']*100:.1f}% |
+| server CPU (avg of one core, ramp and soak) | {summary['server_cpu_util_avg']*100:.1f}% |
+| server CPU, steady state (cores) at heartbeats / s | {cores if cores is None else f"{cores:.2f}"} at {summary['heartbeats_per_s_steady']:,.0f} |
+| server tick lag p99 / max (ms, bucket bound) | {lag if lag is None else f"≤ {lag[0]:g} / ≤ {lag[1]:g}"} |
 | connect rate / s | {load['connect_rate_per_s']:,.0f} |
 | RTT p50 / p99 / p99.9 / max (µs), steady state | {r['p50']} / {r['p99']} / {r['p999']} / {r['max']} |
 | RTT p50 / p99 / max (µs), during the ramp | {rr['p50']} / {rr['p99']} / {rr['max']} |

@@ -120,6 +120,8 @@ pub struct Shard {
     /// Slots that may be ready for their CLOSE op.
     to_check: Vec<u32>,
     tick_cancelled: bool,
+    /// When the armed tick is due (ns since start): its lag is measured.
+    tick_due_ns: u64,
     control_out: Vec<(u16, Control)>,
     batch: Vec<Completion>,
     phase: Phase,
@@ -160,6 +162,7 @@ impl Shard {
             lingering: Vec::new(),
             to_check: Vec::new(),
             tick_cancelled: false,
+            tick_due_ns: 0,
             control_out: Vec::new(),
             batch: Vec::new(),
             phase: Phase::Running,
@@ -256,6 +259,7 @@ impl Shard {
         let tick_ns = self.spec.tick.as_nanos() as u64;
         let now_ns = self.spec.start.elapsed().as_nanos() as u64;
         let next = (now_ns / tick_ns + 1) * tick_ns;
+        self.tick_due_ns = next;
         self.ring
             .tick_after(Duration::from_nanos(next - now_ns + 1))
     }
@@ -511,6 +515,9 @@ impl Shard {
 
     fn on_tick(&mut self) -> std::io::Result<()> {
         let started = Instant::now();
+        let now_ns = self.spec.start.elapsed().as_nanos() as u64;
+        let lag_ns = now_ns.saturating_sub(self.tick_due_ns);
+        let _ = self.spec.engine.stats.tick_lag_ns.record(lag_ns.max(1));
         self.with_engine(|e, io| e.on_tick(io));
         let sweep_ns = started.elapsed().as_nanos() as u64;
         let _ = self.spec.engine.stats.sweep_ns.record(sweep_ns.max(1));

@@ -34,6 +34,8 @@ struct KindLabel {
 
 /// Upper bounds (seconds) of the sweep-duration buckets.
 const SWEEP_BUCKETS_S: [f64; 10] = [1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5];
+/// Upper bounds (seconds) of the tick-lag buckets.
+const LAG_BUCKETS_S: [f64; 10] = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0];
 /// Upper bounds (seconds) of the probe-RTT buckets.
 const RTT_BUCKETS_S: [f64; 10] = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0];
 
@@ -57,6 +59,8 @@ pub struct Stats {
     pub events_dropped: Gauge,
     /// Sweep durations in nanoseconds.
     sweep_ns: Mutex<Histogram<u64>>,
+    /// How late each tick (and so each sweep) ran, in nanoseconds.
+    tick_lag_ns: Mutex<Histogram<u64>>,
     /// Probe round trips in microseconds.
     rtt_us: Mutex<Histogram<u64>>,
 }
@@ -90,6 +94,7 @@ impl Stats {
             io_errors: Counter::default(),
             events_dropped: Gauge::default(),
             sweep_ns: Mutex::new(histogram()),
+            tick_lag_ns: Mutex::new(histogram()),
             rtt_us: Mutex::new(histogram()),
         };
         s.register();
@@ -202,21 +207,22 @@ impl Stats {
             recv_paused: self.recv_paused.clone(),
             io_errors: self.io_errors.clone(),
             sweep_ns: histogram(),
+            tick_lag_ns: histogram(),
             rtt_us: histogram(),
         }
     }
 
     /// Merges a shard's local histograms and clears them.
     pub fn absorb(&self, shard: &mut ShardStats) {
-        if !shard.sweep_ns.is_empty() {
-            let mut h = self.sweep_ns.lock().expect("stats lock");
-            let _ = h.add(&shard.sweep_ns);
-            shard.sweep_ns.reset();
-        }
-        if !shard.rtt_us.is_empty() {
-            let mut h = self.rtt_us.lock().expect("stats lock");
-            let _ = h.add(&shard.rtt_us);
-            shard.rtt_us.reset();
+        for (total, local) in [
+            (&self.sweep_ns, &mut shard.sweep_ns),
+            (&self.tick_lag_ns, &mut shard.tick_lag_ns),
+            (&self.rtt_us, &mut shard.rtt_us),
+        ] {
+            if !local.is_empty() {
+                let _ = total.lock().expect("stats lock").add(&*local);
+                local.reset();
+            }
         }
     }
 
@@ -241,6 +247,16 @@ impl Stats {
             &h,
             1e-9,
             &SWEEP_BUCKETS_S,
+        );
+        drop(h);
+        let h = self.tick_lag_ns.lock().expect("stats lock");
+        render_histogram(
+            &mut out,
+            "ringbeat_tick_lag_seconds",
+            "How late each shard tick and its sweep ran",
+            &h,
+            1e-9,
+            &LAG_BUCKETS_S,
         );
         drop(h);
         let h = self.rtt_us.lock().expect("stats lock");
@@ -301,6 +317,7 @@ pub struct ShardStats {
     pub recv_paused: Counter,
     pub io_errors: Counter,
     pub sweep_ns: Histogram<u64>,
+    pub tick_lag_ns: Histogram<u64>,
     pub rtt_us: Histogram<u64>,
 }
 
@@ -329,6 +346,7 @@ mod tests {
         shard.frame(Kind::Ping);
         shard.closed(OfflineReason::Timeout);
         shard.sweep_ns.record(20_000).unwrap();
+        shard.tick_lag_ns.record(2_000_000).unwrap();
         stats.absorb(&mut shard);
         let text = stats.render();
         for name in [
@@ -341,6 +359,8 @@ mod tests {
             "ringbeat_protocol_errors_total",
             "ringbeat_sweep_duration_seconds_bucket{le=\"0.00005\"} 1",
             "ringbeat_sweep_duration_seconds_count 1",
+            "ringbeat_tick_lag_seconds_bucket{le=\"0.001\"} 0",
+            "ringbeat_tick_lag_seconds_bucket{le=\"0.005\"} 1",
             "ringbeat_probe_rtt_seconds_count 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
