@@ -121,6 +121,9 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives once clients can connect must
+    // shut down cleanly, not kill the process with the default action.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let server = Server::start(config)?;
     for addr in server.local_addrs() {
         tracing::info!(%addr, "listening");
@@ -129,7 +132,6 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("metrics at http://{addr}/metrics");
     }
     let handle = server.shutdown_handle();
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
         .name("ringbeat-signals".into())
         .spawn(move || {
