@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side bench: the same load generator, same machine, same run, same
 # client count, against each peer:
-#   ringbeat (fast io mode), ringbeat --io-mode compat (the 5.10 path),
+#   ringbeat (fast io mode), the same with --batch-wait 0 (no batched
+#   waits: lower RTT, more wake-ups), ringbeat --io-mode compat (the 5.10 path),
 #   tokio (epoll, one task + one timeout per connection), tokio-uring 0.5,
 #   mosquitto (the distribution's package; MQTT keepalive with PINGREQ;
 #   installed by scripts/setup.sh --bench, skipped with a note if absent).
@@ -46,7 +47,7 @@ trap cleanup EXIT
 
 interval=1s; timeout=3s; tick=100ms
 peers=()
-if echo "$features" | grep -q "fast mode: ready"; then peers+=(ringbeat-fast); else echo "bench: fast mode unavailable here; skipping it"; fi
+if echo "$features" | grep -q "fast mode: ready"; then peers+=(ringbeat-fast ringbeat-nobatch); else echo "bench: fast mode unavailable here; skipping it"; fi
 peers+=(ringbeat-compat tokio_epoll tokio_uring)
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 if [ -x "$mosquitto_bin" ]; then
@@ -63,6 +64,8 @@ for peer in "${peers[@]}"; do
   args=(--listen 127.0.0.1:$port --interval $interval --timeout $timeout)
   case $peer in
     ringbeat-fast) cmd=(./target/release/ringbeat serve --io-mode fast --shards 2 --tick $tick "${args[@]}") ;;
+    # Fast mode without batched waits: the RTT it buys back, the CPU it costs.
+    ringbeat-nobatch) cmd=(./target/release/ringbeat serve --io-mode fast --batch-wait 0s --shards 2 --tick $tick "${args[@]}") ;;
     ringbeat-compat) cmd=(./target/release/ringbeat serve --io-mode compat --shards 2 --tick $tick "${args[@]}") ;;
     tokio_epoll) cmd=(./target/release/tokio_epoll "${args[@]}") ;;
     tokio_uring) cmd=(./target/release/tokio_uring "${args[@]}") ;;
@@ -81,7 +84,7 @@ for peer in "${peers[@]}"; do
   echo "bench: $peer: $clients clients, interval $interval, ${run_s}s"
   ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp 1000000 --protocol $protocol \
     --interval $interval --timeout $timeout --tick $tick --mix silent=0.05 --fault-after 3s \
-    --duration "${run_s}s" --server-pid "$server" --json "$out-$peer-load.json" \
+    --duration "${run_s}s" --steady-after 8s --server-pid "$server" --json "$out-$peer-load.json" \
     2> "$out-$peer-load.log" > /dev/null || true
   echo "$rss0" > "$out-$peer-rss0"
   kill "$server" 2>/dev/null || true
@@ -97,8 +100,11 @@ for p in peers:
     r = json.load(open(f"{out}-{p}-load.json"))
     rss0 = int(open(f"{out}-{p}-rss0").read()) * 1024
     s = r["server"]
-    cpu = s["cpu_user_s"] + s["cpu_sys_s"]
-    answered = max(r["heartbeats_answered"], 1)
+    # Server CPU over the steady window (from 8 s: connects, first PINGs and
+    # evictions done, teardown not yet begun), per heartbeat answered in it.
+    steady = s["steady"]
+    cpu = steady["server_cpu_s"]
+    answered = max(steady["heartbeats_answered"], 1)
     live = max(r["peak_live"], 1)
     rows[p] = {
         "connected": r["connected"],
@@ -117,7 +123,7 @@ for p in peers:
 base = rows[peers[0]]
 figs = [("server RSS bytes/conn", "server_rss_bytes_per_conn", "{:.0f}"),
         ("kernel bytes/conn (both ends)", "kernel_bytes_per_conn_pair", "{:.0f}"),
-        ("server CPU-s per 1M heartbeats", "server_cpu_s_per_million_heartbeats", "{:.1f}"),
+        ("server CPU-s per 1M heartbeats (steady)", "server_cpu_s_per_million_heartbeats", "{:.1f}"),
         ("heartbeats/s per core (extrapolated)", "heartbeats_per_s_per_core", "{:,.0f}"),
         ("detection p50 ms", "detection_ms_p50", "{}"), ("detection p99 ms", "detection_ms_p99", "{}"),
         ("detection max ms", "detection_ms_max", "{}"), ("RTT p99 µs", "rtt_us_p99", "{}"),

@@ -29,17 +29,14 @@ def measure(prefix, n):
     rss0 = int(open(f"{prefix}-{n}-rss0").read()) * 1024
     s = r["server"]
     live = max(r["peak_live"], 1)
-    # Steady state: "t0 ticks0 t1 ticks1 clk_tck", written by capacity.sh.
-    t0, c0, t1, c1, hz = map(float, open(f"{prefix}-{n}-steady").read().split())
-    steady_cores = (c1 - c0) / hz / max(t1 - t0, 1e-3)
+    steady = s["steady"]
     return {
         "clients": n, "live": live,
         "server_rss_bytes": s["rss_bytes_at_peak_live"],
         "server_user_bytes": s["rss_bytes_at_peak_live"] - rss0,
         "kernel_bytes": s["slab_bytes_delta"],
-        # Every client PINGs every 30 s (±10%, so 30 s on average).
-        "heartbeats_per_s": live / 30.0,
-        "server_cores": steady_cores,
+        "heartbeats_per_s": steady["heartbeats_per_s"],
+        "server_cores": steady["server_cores"],
         "false_evictions": r["false_evictions"],
     }
 

@@ -33,8 +33,6 @@ cleanup() {
   for k in "${!saved[@]}"; do sysctl -qw "$k=${saved[$k]}" || true; done
 }
 trap cleanup EXIT
-# "unix-time cpu-ticks" of a process (utime + stime from /proc/PID/stat).
-cpu_at() { echo "$(date +%s.%N) $(awk '{print $14 + $15}' "/proc/$1/stat")"; }
 printf 'recv_buffers = 256\nsend_chunks = 256\n' > "$out-server.toml"
 port=7760
 points=()
@@ -48,20 +46,14 @@ for n in $counts; do
   rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
   ramp=$(( n < 50000 ? 10000 : 5000 ))
   ramp_s=$(( (n + ramp - 1) / ramp ))
+  # CPU is measured by the load generator over the steady state only, which
+  # starts once every client has sent its first PING (connect + 30 s +- 10%):
+  # connects cost CPU too, and averaging the ramp in overstated the cost per
+  # heartbeat.
   echo "capacity: $n clients, $shards shards, ramp ${ramp_s}s + ${run_s}s"
   nice -n 10 ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$n" --ramp $ramp \
     --interval 30s --timeout 60s --duration "$((ramp_s + run_s))s" --server-pid "$server" \
-    --json "$out-$n-load.json" 2> "$out-$n-load.log" > /dev/null &
-  load=$!
-  # CPU is measured over one 30 s interval of the steady state, which starts
-  # once every client has sent its first PING (connect + 30 s +- 10%):
-  # connects cost CPU too, and averaging the ramp in overstated the cost per
-  # heartbeat. Over a whole interval every client PINGs about once.
-  sleep $((ramp_s + 34))
-  steady0=$(cpu_at "$server")
-  sleep 30
-  echo "$steady0 $(cpu_at "$server") $(getconf CLK_TCK)" > "$out-$n-steady"
-  wait "$load" || true
+    --steady-after "$((ramp_s + 34))s" --json "$out-$n-load.json" 2> "$out-$n-load.log" > /dev/null || true
   echo "$rss0" > "$out-$n-rss0"
   kill "$server"; wait "$server" 2>/dev/null || true
   sleep 3

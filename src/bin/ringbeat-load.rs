@@ -46,6 +46,54 @@ struct Watch {
     sock_mem_peak: u64,
     slab_start: u64,
     slab_at_peak_live: u64,
+    /// Server CPU and answered heartbeats at the start of the steady window
+    /// and at the latest sample.
+    steady_first: Option<Mark>,
+    steady_last: Option<Mark>,
+}
+
+/// A point in the run: seconds since start, server process, answered PINGs.
+#[derive(Clone, Copy)]
+struct Mark {
+    at_s: f64,
+    server: ProcSample,
+    answered: u64,
+}
+
+impl Watch {
+    /// Marks the steady window (once `at_s` is past `steady_after`).
+    fn mark(&mut self, steady_after: Option<Duration>, at_s: f64, answered: u64) {
+        let (Some(after), Some(server)) = (steady_after, self.server_last) else {
+            return;
+        };
+        if at_s < after.as_secs_f64() {
+            return;
+        }
+        let mark = Mark {
+            at_s,
+            server,
+            answered,
+        };
+        self.steady_first.get_or_insert(mark);
+        self.steady_last = Some(mark);
+    }
+
+    fn steady_json(&self) -> serde_json::Value {
+        let (Some(a), Some(b)) = (self.steady_first, self.steady_last) else {
+            return serde_json::Value::Null;
+        };
+        let seconds = b.at_s - a.at_s;
+        let cpu_s =
+            (b.server.cpu_user_s + b.server.cpu_sys_s) - (a.server.cpu_user_s + a.server.cpu_sys_s);
+        let answered = b.answered - a.answered;
+        json!({
+            "from_s": a.at_s, "seconds": seconds,
+            "server_cpu_s": cpu_s, "heartbeats_answered": answered,
+            "heartbeats_per_s": answered as f64 / seconds.max(1e-3),
+            "server_cores": cpu_s / seconds.max(1e-3),
+            "server_cpu_s_per_million_heartbeats": cpu_s / (answered.max(1) as f64) * 1e6,
+        })
+    }
 }
 
 impl Watch {
@@ -102,6 +150,8 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
         );
         let now = ProgressSum::of(&progress);
         watch.sample(now.live);
+        let at_s = start.elapsed().as_secs_f64();
+        watch.mark(config.args.steady_after, at_s, now.heartbeats_answered);
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         eprintln!(
             "[{:>5.0}s] connected {:>8} live {:>8} heartbeats/s {:>8.0} answered/s {:>8.0} errors {}",
@@ -219,6 +269,7 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
             "cpu_sys_s": server_cpu.1,
             "sock_mem_bytes_peak": w.sock_mem_peak,
             "slab_bytes_delta": w.slab_at_peak_live.saturating_sub(w.slab_start),
+            "steady": w.steady_json(),
         },
         "loadgen": {
             "cpu_user_s": me.cpu_user_s,

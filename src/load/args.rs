@@ -68,6 +68,11 @@ pub struct LoadArgs {
     /// Source addresses 127.0.0.1 .. 127.0.0.N (ephemeral ports are per source)
     #[arg(long, default_value_t = 64)]
     pub sources: u8,
+    /// Also measure server CPU per heartbeat over a steady window: from this
+    /// time since the start (after the ramp, first PINGs and evictions)
+    /// until the end, so connects and teardown are left out
+    #[arg(long, value_parser = parse_duration)]
+    pub steady_after: Option<Duration>,
     /// Sample this server process (RSS, CPU) and kernel memory
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -121,6 +126,15 @@ impl LoadConfig {
         }
         if args.sources == 0 {
             return Err("--sources must be at least 1".into());
+        }
+        if args
+            .steady_after
+            .is_some_and(|d| d + Duration::from_secs(2) > args.duration)
+        {
+            return Err("--steady-after must end at least 2s before --duration".into());
+        }
+        if args.steady_after.is_some() && args.server_pid.is_none() {
+            return Err("--steady-after measures the server: give --server-pid".into());
         }
         let min_threads = args.clients.div_ceil(CLIENTS_PER_WORKER_MAX) as usize;
         let threads = args.threads.unwrap_or(min_threads).max(1);
@@ -194,6 +208,18 @@ mod tests {
         assert!(parse(&["--protocol", "mqtt", "--hello"]).is_err());
         let mqtt = parse(&["--protocol", "mqtt", "--timeout", "3s", "--interval", "1s"]).unwrap();
         assert_eq!(mqtt.mqtt_keepalive_s, 2);
+        let steady = ["--duration", "20s", "--steady-after", "8s"];
+        assert!(parse(&steady).is_err(), "no --server-pid to measure");
+        assert!(parse(&[&steady[..], &["--server-pid", "1"]].concat()).is_ok());
+        assert!(parse(&[
+            "--duration",
+            "9s",
+            "--steady-after",
+            "8s",
+            "--server-pid",
+            "1"
+        ])
+        .is_err());
     }
 
     #[test]
