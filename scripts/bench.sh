@@ -38,6 +38,7 @@ cargo build --release --quiet --features peers --bins
 features=$(./target/release/ringbeat features)
 echo "bench: kernel $release; $features"
 
+source scripts/lib/loadbox.sh
 stamp=$(date -u +%Y%m%d-%H%M%S)
 out=results/bench-$stamp
 mkdir -p results
@@ -59,6 +60,7 @@ fi
 
 port=7730
 for peer in "${peers[@]}"; do
+  wait_sockets_freed bench   # this peer's kernel bytes are its own
   port=$((port + 1))
   protocol=ringbeat
   args=(--listen 127.0.0.1:$port --interval $interval --timeout $timeout)
@@ -89,7 +91,6 @@ for peer in "${peers[@]}"; do
   echo "$rss0" > "$out-$peer-rss0"
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
-  sleep 2   # let the kernel free the sockets before the next peer
 done
 
 python3 - "$out" "$clients" "$release" "$features" "${peers[@]}" <<'PY'

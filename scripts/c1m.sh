@@ -39,36 +39,15 @@ out=results/c1m-$stamp
 mkdir -p results
 
 # ---- sysctls: print, apply, restore on exit --------------------------------
-declare -A want=(
-  [net.ipv4.ip_local_port_range]="1024 65000"
-  [net.core.somaxconn]=65535
-  [net.ipv4.tcp_max_syn_backlog]=65535
-  [net.core.netdev_max_backlog]=65535
-  [fs.file-max]=4194304
-  [net.netfilter.nf_conntrack_max]=4194304
-  # Pages for all TCP buffers. The default (~1.5 GB at pressure) runs out
-  # with two million sockets each holding a PING or PONG for a moment: the
-  # kernel then logs "TCP: out of memory" and kills sockets.
-  [net.ipv4.tcp_mem]="1572864 2097152 3145728"
-)
-declare -A saved=()
-restore() {
-  for k in "${!saved[@]}"; do sysctl -qw "$k=${saved[$k]}" 2>/dev/null || true; done
-  [ ${#saved[@]} -gt 0 ] && echo "c1m: sysctls restored"
-}
+source scripts/lib/loadbox.sh
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  restore
+  load_sysctls_restore c1m
 }
 trap cleanup EXIT
-for k in "${!want[@]}"; do
-  old=$(sysctl -n "$k" 2>/dev/null | tr '\t' ' ') || continue
-  saved[$k]=$old
-  echo "c1m: sysctl $k: '$old' -> '${want[$k]}'"
-  sysctl -qw "$k=${want[$k]}" || echo "c1m: (could not set $k)"
-done
+load_sysctls_apply c1m
 
 # ---- build and start the server -------------------------------------------
 cargo build --release --quiet --bin ringbeat --bin ringbeat-load
@@ -98,7 +77,7 @@ sampler() {
     local live rss slab sock stat
     live=$(curl -s -m 2 "127.0.0.1:$metrics_port/metrics" | awk '$1=="ringbeat_connections" {print $2}')
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null)
-    slab=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
+    slab=$(slab_kb)
     sock=$(awk '/^TCP:/ {for (i=1;i<=NF;i++) {if ($i=="mem") m=$(i+1); if ($i=="inuse") u=$(i+1)}; print m "," u}' /proc/net/sockstat)
     stat=$(awk '{sub(/.*\) /, ""); print $12 "," $13}' "/proc/$server/stat" 2>/dev/null)
     echo "$(( $(date +%s) - t0 )),${live:-0},${rss:-0},$slab,$sock,$stat"
@@ -113,7 +92,7 @@ ramp_s=$(( (clients + ramp - 1) / ramp ))
 duration=$(( ramp_s + soak ))
 # Silent clients fall silent only after the ramp, so all N are live at once.
 echo "c1m: ramp $clients clients at $ramp/s (~${ramp_s}s), soak ${soak}s"
-slab_before=$(awk '/^Slab:/ {print $2}' /proc/meminfo)
+slab_before=$(slab_kb)
 rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
 set +e
 # The load generator is the instrument, not the system under test: on a box

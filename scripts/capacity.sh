@@ -21,22 +21,20 @@ cargo build --release --quiet --bin ringbeat --bin ringbeat-load
 stamp=$(date -u +%Y%m%d-%H%M%S)
 out=results/capacity-$stamp
 mkdir -p results
-declare -A saved=()
-for kv in "net.ipv4.ip_local_port_range=1024 65000" "net.core.somaxconn=65535" \
-          "net.ipv4.tcp_max_syn_backlog=65535" "net.ipv4.tcp_mem=1572864 2097152 3145728"; do
-  k=${kv%%=*}; saved[$k]=$(sysctl -n "$k" | tr '\t' ' '); sysctl -qw "$kv"
-done
+source scripts/lib/loadbox.sh
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  for k in "${!saved[@]}"; do sysctl -qw "$k=${saved[$k]}" || true; done
+  load_sysctls_restore capacity
 }
 trap cleanup EXIT
+load_sysctls_apply capacity
 printf 'recv_buffers = 256\nsend_chunks = 256\n' > "$out-server.toml"
 port=7760
 points=()
 for n in $counts; do
+  wait_sockets_freed capacity tw   # this run's kernel bytes are its own
   port=$((port + 2))
   shards=$(( (n * 105 / 100 + 18999) / 19000 )); [ "$shards" -lt 2 ] && shards=2
   ./target/release/ringbeat serve --listen 127.0.0.1:$port --shards "$shards" \
@@ -53,10 +51,9 @@ for n in $counts; do
   echo "capacity: $n clients, $shards shards, ramp ${ramp_s}s + ${run_s}s"
   nice -n 10 ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$n" --ramp $ramp \
     --interval 30s --timeout 60s --duration "$((ramp_s + run_s))s" --server-pid "$server" \
-    --steady-after "$((ramp_s + 34))s" --json "$out-$n-load.json" 2> "$out-$n-load.log" > /dev/null || true
+    --batch-wait 10ms --steady-after "$((ramp_s + 34))s" --json "$out-$n-load.json" 2> "$out-$n-load.log" > /dev/null || true
   echo "$rss0" > "$out-$n-rss0"
   kill "$server"; wait "$server" 2>/dev/null || true
-  sleep 3
   points+=("$n")
 done
 python3 scripts/capacity.py report --prefix "$out" --counts "${points[@]}"

@@ -41,7 +41,7 @@ kill -0 "$server" || { cat results/scale-server.log; exit 1; }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
-slab_kb() { awk '/^Slab:/ {print $2}' /proc/meminfo; }
+source scripts/lib/loadbox.sh   # slab_kb
 metric() { curl -s "127.0.0.1:$metrics_port/metrics" | awk -v n="$1" '$1==n {print $2}'; }
 
 rss0=$(rss_kb "$server"); slab0=$(slab_kb)

@@ -50,10 +50,37 @@ pub fn tcp_mem_bytes() -> Option<u64> {
     None
 }
 
-/// Kernel slab bytes (/proc/meminfo `Slab:`).
+/// Kernel slab bytes in use: the sum of active objects × object size over
+/// /proc/slabinfo (root only), else /proc/meminfo `Slab:`. Not `Slab:`
+/// first: it also counts freed objects the allocator keeps cached, so after
+/// a previous run had freed its sockets a new run's delta came out too small
+/// (measured: 5.5 KB instead of 9.5 KB per loopback pair at 1M).
 pub fn slab_bytes() -> Option<u64> {
+    if let Some(active) = fs::read_to_string("/proc/slabinfo")
+        .ok()
+        .and_then(|s| slab_active_bytes(&s))
+    {
+        return Some(active);
+    }
     let s = fs::read_to_string("/proc/meminfo").ok()?;
     rss_like(&s, "Slab:")
+}
+
+/// Σ active_objs × objsize of a /proc/slabinfo 2.x text.
+fn slab_active_bytes(slabinfo: &str) -> Option<u64> {
+    let mut lines = slabinfo.lines();
+    if !lines.next()?.starts_with("slabinfo - version: 2.") {
+        return None;
+    }
+    let mut total = 0u64;
+    for line in lines.filter(|l| !l.starts_with('#')) {
+        let mut fields = line.split_whitespace().skip(1);
+        let active: u64 = fields.next()?.parse().ok()?;
+        let _num: u64 = fields.next()?.parse().ok()?;
+        let size: u64 = fields.next()?.parse().ok()?;
+        total += active * size;
+    }
+    Some(total)
 }
 
 /// A `Key:   N kB` line of a /proc file, in bytes.
@@ -66,6 +93,16 @@ fn rss_like(text: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_active_slab_objects() {
+        let text = "slabinfo - version: 2.1\n\
+            # name <active_objs> <num_objs> <objsize> ...\n\
+            TCP 10 20 2432 13 8 : tunables 0 0 0 : slabdata 2 2 0\n\
+            dentry 4 8 192 21 1 : tunables 0 0 0 : slabdata 1 1 0\n";
+        assert_eq!(slab_active_bytes(text), Some(10 * 2432 + 4 * 192));
+        assert_eq!(slab_active_bytes("garbage"), None);
+    }
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {

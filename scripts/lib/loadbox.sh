@@ -1,0 +1,66 @@
+# Sourced by c1m.sh, capacity.sh and scale.sh. The sysctls a loopback run
+# with up to a few million sockets needs, applied with a printout and
+# restored on exit; and how kernel memory is read.
+#   load_sysctls_apply TAG    # prints "TAG: sysctl k: 'old' -> 'new'"
+#   load_sysctls_restore TAG  # writes the saved values back (call from a trap)
+declare -A load_sysctls_want=(
+  [net.ipv4.ip_local_port_range]="1024 65000"
+  [net.core.somaxconn]=65535
+  [net.ipv4.tcp_max_syn_backlog]=65535
+  [net.core.netdev_max_backlog]=65535
+  # Both ends of every connection are open files, direct descriptors too.
+  [fs.file-max]=4194304
+  # Loopback flows are tracked when nf_conntrack is loaded; a full table
+  # drops SYNs ("nf_conntrack: table full").
+  [net.netfilter.nf_conntrack_max]=4194304
+  # Pages for all TCP buffers. The default (~1.5 GB at pressure) runs out
+  # with two million sockets each holding a PING or PONG for a moment: the
+  # kernel then logs "TCP: out of memory" and kills sockets.
+  [net.ipv4.tcp_mem]="1572864 2097152 3145728"
+)
+declare -A load_sysctls_saved=()
+
+load_sysctls_apply() {
+  local k old
+  for k in "${!load_sysctls_want[@]}"; do
+    old=$(sysctl -n "$k" 2>/dev/null | tr '\t' ' ') || continue
+    load_sysctls_saved[$k]=$old
+    echo "$1: sysctl $k: '$old' -> '${load_sysctls_want[$k]}'"
+    sysctl -qw "$k=${load_sysctls_want[$k]}" || echo "$1: (could not set $k)"
+  done
+}
+
+load_sysctls_restore() {
+  local k
+  for k in "${!load_sysctls_saved[@]}"; do
+    sysctl -qw "$k=${load_sysctls_saved[$k]}" 2>/dev/null || true
+  done
+  if [ ${#load_sysctls_saved[@]} -gt 0 ]; then echo "$1: sysctls restored"; fi
+  load_sysctls_saved=()
+}
+
+# Kernel slab in use, kB: active objects × object size (/proc/slabinfo, root),
+# else meminfo's Slab, which also counts freed objects the allocator keeps
+# cached and so undercounts a run that follows another.
+slab_kb() {
+  if [ -r /proc/slabinfo ]; then
+    awk 'NR > 2 {s += $2 * $4} END {print int(s / 1024)}' /proc/slabinfo
+  else
+    awk '/^Slab:/ {print $2}' /proc/meminfo
+  fi
+}
+
+# Waits (at most 90 s) until the previous run's TCP sockets are gone, so the
+# next run's kernel-memory delta is its own: `wait_sockets_freed TAG` waits
+# for open sockets; `wait_sockets_freed TAG tw` also for TIME_WAIT ones
+# (256 B each, gone after 60 s).
+wait_sockets_freed() {
+  local left kinds="inuse"
+  [ "${2:-}" = tw ] && kinds="inuse tw"
+  for _ in $(seq 90); do
+    left=$(awk -v kinds="$kinds" '/^TCP:/ {for (i = 2; i < NF; i++) if (index(" " kinds " ", " " $i " ")) n += $(i + 1); print n + 0}' /proc/net/sockstat)
+    [ "${left:-0}" -lt 2000 ] && return 0
+    sleep 1
+  done
+  echo "$1: $left TCP sockets still there after 90 s; kernel bytes of the next run may be off" >&2
+}
