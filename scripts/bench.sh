@@ -42,9 +42,7 @@ source scripts/lib/loadbox.sh
 stamp=$(date -u +%Y%m%d-%H%M%S)
 out=results/bench-$stamp
 mkdir -p results
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+loadbox_begin bench
 
 interval=1s; timeout=3s; tick=100ms
 peers=()

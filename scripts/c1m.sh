@@ -40,14 +40,7 @@ mkdir -p results
 
 # ---- sysctls: print, apply, restore on exit --------------------------------
 source scripts/lib/loadbox.sh
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  load_sysctls_restore c1m
-}
-trap cleanup EXIT
-load_sysctls_apply c1m
+loadbox_begin c1m sysctls
 
 # ---- build and start the server -------------------------------------------
 cargo build --release --quiet --bin ringbeat --bin ringbeat-load

@@ -22,14 +22,7 @@ stamp=$(date -u +%Y%m%d-%H%M%S)
 out=results/capacity-$stamp
 mkdir -p results
 source scripts/lib/loadbox.sh
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  load_sysctls_restore capacity
-}
-trap cleanup EXIT
-load_sysctls_apply capacity
+loadbox_begin capacity sysctls
 printf 'recv_buffers = 256\nsend_chunks = 256\n' > "$out-server.toml"
 port=7760
 points=()

@@ -26,9 +26,8 @@ port=${RINGBEAT_SCALE_PORT:-7790}
 metrics_port=$((port + 1))
 
 cargo build --release --quiet --bin ringbeat
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source scripts/lib/loadbox.sh
+loadbox_begin scale
 
 echo "nofile: soft $(ulimit -Sn) hard $(ulimit -Hn); target $connections connections, $shards shards"
 ./target/release/ringbeat serve --listen 127.0.0.1:$port --metrics 127.0.0.1:$metrics_port \
@@ -41,7 +40,6 @@ kill -0 "$server" || { cat results/scale-server.log; exit 1; }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 fds() { ls "/proc/$1/fd" | wc -l; }
-source scripts/lib/loadbox.sh   # slab_kb
 metric() { curl -s "127.0.0.1:$metrics_port/metrics" | awk -v n="$1" '$1==n {print $2}'; }
 
 rss0=$(rss_kb "$server"); slab0=$(slab_kb)

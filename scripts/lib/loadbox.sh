@@ -1,6 +1,21 @@
-# Sourced by c1m.sh, capacity.sh and scale.sh. The sysctls a loopback run
-# with up to a few million sockets needs, applied with a printout and
-# restored on exit; and how kernel memory is read.
+# Sourced by the load scripts (c1m, capacity, bench, scale). A run's
+# lifetime: `loadbox_begin TAG [sysctls]` arms an exit trap that kills every
+# pid in `pids` and restores the sysctls, which with `sysctls` it first
+# applies (the ones a loopback run with up to a few million sockets needs,
+# printed as they change). And how kernel memory is read.
+pids=()
+loadbox_begin() {
+  loadbox_tag=$1
+  trap loadbox_end EXIT
+  if [ "${2:-}" = sysctls ]; then load_sysctls_apply "$1"; fi
+}
+loadbox_end() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  load_sysctls_restore "$loadbox_tag"
+}
+
 #   load_sysctls_apply TAG    # prints "TAG: sysctl k: 'old' -> 'new'"
 #   load_sysctls_restore TAG  # writes the saved values back (call from a trap)
 declare -A load_sysctls_want=(
