@@ -10,23 +10,27 @@ The model is linear: memory = fixed + per_conn * N (server RSS and kernel
 socket memory separately); CPU cores = per_heartbeat_s * heartbeats/s, where
 heartbeats/s = N / interval. Headroom: plan to 70% of cores and RAM.
 """
-import argparse, json, math, sys
+import argparse, json, math, pathlib, sys
 
 HEADROOM = 0.7
 
 
 def fit(xs, ys):
-    """Least squares y = a + b x."""
+    """Least squares y = a + b x. With a single distinct x (one client count)
+    there is no slope to fit: the line goes through the origin (a = 0, b =
+    y / x), which overstates the per-unit cost by the fixed part."""
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    if not sxx:
+        return 0.0, my / mx if mx else 0.0
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
     return my - b * mx, b
 
 
 def measure(prefix, n):
-    r = json.load(open(f"{prefix}-{n}-load.json"))
-    rss0 = int(open(f"{prefix}-{n}-rss0").read()) * 1024
+    r = json.loads(pathlib.Path(f"{prefix}-{n}-load.json").read_text())
+    rss0 = int(pathlib.Path(f"{prefix}-{n}-rss0").read_text()) * 1024
     s = r["server"]
     live = max(r["peak_live"], 1)
     steady = s["steady"]
@@ -57,6 +61,9 @@ def model(points):
 
 def plan(m, clients, interval_s, cores, ram_gib):
     per_conn_bytes = m["user_bytes_per_conn"] + m["kernel_bytes_per_server_conn"]
+    if per_conn_bytes <= 0:
+        sys.exit(f"capacity: the model has {per_conn_bytes:.0f} bytes per connection; "
+                 "measure more than one client count, further apart")
     by_ram = HEADROOM * ram_gib * 2**30 / per_conn_bytes
     per_conn_cores = m["core_s_per_heartbeat"] / interval_s
     by_cpu = HEADROOM * cores / per_conn_cores if per_conn_cores > 0 else math.inf
@@ -79,7 +86,7 @@ def svg(path, title, xs, ys, line, xlabel, ylabel):
     labels = (f'<text x="{w/2}" y="25" text-anchor="middle" font-size="16">{title}</text>'
               f'<text x="{w/2}" y="{h-15}" text-anchor="middle">{xlabel} (max {xmax:,.0f})</text>'
               f'<text x="15" y="{h/2}" transform="rotate(-90 15 {h/2})" text-anchor="middle">{ylabel} (max {ymax:,.3g})</text>')
-    open(path, "w").write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">'
+    pathlib.Path(path).write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">'
                           f'<rect width="100%" height="100%" fill="white"/>{axes}{fit_line}{pts}{labels}</svg>')
 
 
@@ -95,8 +102,8 @@ def report(prefix, counts):
         lambda x: m["cores_fixed"] + m["core_s_per_heartbeat"] * x, "heartbeats/s", "cores")
     examples = [(1_000_000, 30, 2, 24), (1_000_000, 30, 16, 64), (10_000_000, 30, 32, 128), (10_000_000, 60, 32, 128)]
     plans = [dict(clients=c, interval_s=i, cores=k, ram_gib=r, **plan(m, c, i, k, r)) for c, i, k, r in examples]
-    json.dump({"tool": "capacity.py", "schema": 1, "points": points, "model": m, "plans": plans},
-              open(prefix + ".json", "w"), indent=2)
+    pathlib.Path(prefix + ".json").write_text(json.dumps(
+        {"tool": "capacity.py", "schema": 1, "points": points, "model": m, "plans": plans}, indent=2))
     rows = "\n".join(f"| {p['clients']:,} | {p['live']:,} | {p['server_user_bytes']/max(p['live'],1):.0f} | "
                      f"{p['kernel_bytes']/max(p['live'],1):.0f} | {p['heartbeats_per_s']:,.0f} | {p['server_cores']:.2f} | {p['false_evictions']} |"
                      for p in points)
@@ -110,7 +117,7 @@ def report(prefix, counts):
 |---:|---:|---:|---:|---:|---:|---:|
 {rows}
 
-## Model (least squares)
+## Model ({"least squares" if len(set(live)) > 1 else "one client count: a line through the origin, so per-connection costs include the fixed part"})
 
 - server user-space memory: {m['user_bytes_fixed']/2**20:.1f} MiB + {m['user_bytes_per_conn']:.0f} B per connection
 - kernel memory: {m['kernel_bytes_per_conn_pair']:.0f} B per loopback pair, so ~{m['kernel_bytes_per_server_conn']:.0f} B per server connection
@@ -126,7 +133,7 @@ def report(prefix, counts):
 
 `python3 scripts/capacity.py plan --model {prefix}.json --clients N --interval S --cores C --ram-gib G`
 """
-    open(prefix + ".md", "w").write(md)
+    pathlib.Path(prefix + ".md").write_text(md)
     print(md)
 
 
@@ -141,7 +148,7 @@ def main():
     if a.cmd == "report":
         report(a.prefix, a.counts)
     else:
-        m = json.load(open(a.model))["model"]
+        m = json.loads(pathlib.Path(a.model).read_text())["model"]
         print(json.dumps(plan(m, a.clients, a.interval, a.cores, a.ram_gib), indent=2))
 
 

@@ -10,6 +10,8 @@ echo "== cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --all-features -- -D warnings
 echo "== cargo test"
 cargo test --all-features
+echo "== capacity planner (python unittest)"
+python3 -m unittest discover -s scripts -p 'test_*.py'
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 echo "== all checks passed"
