@@ -4,12 +4,13 @@
 
 mod common;
 
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::{args, metric, start, stop, timed_args, wait_metric, Got, Peer, MODES};
-use ringbeat::config::IoMode;
+use ringbeat::config::{IoMode, ServeArgs};
 use ringbeat::protocol::{self, CloseReason, OwnedFrame};
+use ringbeat::server::Server;
 
 const NORMAL: u16 = 0;
 const TIMEOUT: u16 = 1;
@@ -23,6 +24,17 @@ fn each_mode(test: fn(IoMode)) {
     for mode in MODES {
         eprintln!("io mode {mode:?}");
         test(mode);
+    }
+}
+
+/// In each io mode: a server from `make`, the test against its first
+/// listener, then a clean stop.
+fn each_server(make: fn(IoMode) -> ServeArgs, test: fn(&Server, SocketAddr)) {
+    for mode in MODES {
+        eprintln!("io mode {mode:?}");
+        let server = start(make(mode));
+        test(&server, server.local_addrs()[0]);
+        stop(server);
     }
 }
 
@@ -44,9 +56,8 @@ fn close_codes_match_the_protocol_table() {
 
 #[test]
 fn pongs_echo_pings_in_order() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(args, |_, addr| {
+        let mut peer = Peer::connect(addr);
         let batch: Vec<u8> = (0..200u64)
             .flat_map(|i| protocol::ping_frame(i.to_be_bytes()))
             .collect();
@@ -54,16 +65,17 @@ fn pongs_echo_pings_in_order() {
         for i in 0..200 {
             peer.expect_pong(i);
         }
-        stop(server);
     });
+}
+
+/// A 10 s interval, so that a HELLO can ask for a shorter one.
+fn ten_second_interval(mode: IoMode) -> ServeArgs {
+    timed_args(mode, 10_000, 30_000, 100)
 }
 
 #[test]
 fn hello_is_optional_and_answered_with_welcome() {
-    each_mode(|mode| {
-        let server = start(timed_args(mode, 10_000, 30_000, 100));
-        let addr = server.local_addrs()[0];
-
+    each_server(ten_second_interval, |_, addr| {
         let mut anonymous = Peer::connect(addr);
         anonymous.ping(7);
         anonymous.expect_pong(7);
@@ -80,15 +92,12 @@ fn hello_is_optional_and_answered_with_welcome() {
         let mut tiny = Peer::connect(addr);
         tiny.hello(1003, 1);
         assert_eq!(tiny.expect_welcome().1, 100);
-        stop(server);
     });
 }
 
 #[test]
 fn hello_after_the_first_frame_is_a_protocol_error() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let addr = server.local_addrs()[0];
+    each_server(args, |_, addr| {
         let mut late = Peer::connect(addr);
         late.ping(1);
         late.expect_pong(1);
@@ -100,15 +109,12 @@ fn hello_after_the_first_frame_is_a_protocol_error() {
         twice.expect_welcome();
         twice.hello(6, 0);
         twice.expect_close(PROTOCOL_ERROR);
-        stop(server);
     });
 }
 
 #[test]
 fn malformed_headers_close_only_that_connection() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let addr = server.local_addrs()[0];
+    each_server(args, |server, addr| {
         let mut bystander = Peer::connect(addr);
         bystander.ping(1);
         bystander.expect_pong(1);
@@ -141,15 +147,13 @@ fn malformed_headers_close_only_that_connection() {
         bystander.ping(2);
         bystander.expect_pong(2);
         assert!(metric(server.stats(), "ringbeat_protocol_errors_total") >= 7);
-        stop(server);
     });
 }
 
 #[test]
 fn one_byte_dribble_is_reassembled() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(args, |_, addr| {
+        let mut peer = Peer::connect(addr);
         let mut bytes = protocol::hello_frame(77, 0).to_vec();
         bytes.extend(protocol::ping_frame(9u64.to_be_bytes()));
         bytes.extend(protocol::data_frame(b"hello", 1024).unwrap());
@@ -161,20 +165,18 @@ fn one_byte_dribble_is_reassembled() {
         peer.expect_welcome();
         peer.expect_pong(9);
         peer.expect_pong(10);
-        stop(server);
     });
 }
 
 /// Short interval/timeout/tick so that eviction is quick to observe.
-fn fast_clock(mode: IoMode) -> ringbeat::config::ServeArgs {
+fn fast_clock(mode: IoMode) -> ServeArgs {
     timed_args(mode, 100, 400, 20)
 }
 
 #[test]
 fn silent_connection_is_evicted_never_early() {
-    each_mode(|mode| {
-        let server = start(fast_clock(mode));
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(fast_clock, |server, addr| {
+        let mut peer = Peer::connect(addr);
         peer.ping(1);
         peer.expect_pong(1);
         let last_frame = Instant::now();
@@ -185,15 +187,13 @@ fn silent_connection_is_evicted_never_early() {
             "evicted after {silent_for:?}, before the 400ms timeout"
         );
         assert_eq!(wait_metric(server.stats(), "ringbeat_evicted_total", 1), 1);
-        stop(server);
     });
 }
 
 #[test]
 fn partial_frames_do_not_refresh_liveness() {
-    each_mode(|mode| {
-        let server = start(fast_clock(mode));
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(fast_clock, |_, addr| {
+        let mut peer = Peer::connect(addr);
         peer.ping(1);
         peer.expect_pong(1);
         let last_frame = Instant::now();
@@ -213,15 +213,18 @@ fn partial_frames_do_not_refresh_liveness() {
         peer.expect_close(TIMEOUT);
         assert!(last_frame.elapsed() >= Duration::from_millis(400));
         dribbler.join().unwrap();
-        stop(server);
     });
+}
+
+/// A 100 ms interval against a 1.5 s timeout.
+fn tenth_second_interval(mode: IoMode) -> ServeArgs {
+    timed_args(mode, 100, 1500, 20)
 }
 
 #[test]
 fn every_complete_frame_keeps_a_connection_alive() {
-    each_mode(|mode| {
-        let server = start(timed_args(mode, 100, 1500, 20));
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(tenth_second_interval, |server, addr| {
+        let mut peer = Peer::connect(addr);
         // DATA and PONG frames only (no PING) for four timeouts' worth.
         let until = Instant::now() + Duration::from_secs(6);
         while Instant::now() < until {
@@ -232,17 +235,21 @@ fn every_complete_frame_keeps_a_connection_alive() {
         peer.ping(3);
         peer.expect_pong(3);
         assert_eq!(metric(server.stats(), "ringbeat_evicted_total"), 0);
-        stop(server);
     });
+}
+
+/// The server sends probe PINGs every 300 ms.
+fn probing(mode: IoMode) -> ServeArgs {
+    ServeArgs {
+        probe: true,
+        ..timed_args(mode, 300, 1500, 20)
+    }
 }
 
 #[test]
 fn probes_keep_a_pong_only_client_alive() {
-    each_mode(|mode| {
-        let mut a = timed_args(mode, 300, 1500, 20);
-        a.probe = true;
-        let server = start(a);
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(probing, |server, addr| {
+        let mut peer = Peer::connect(addr);
         peer.hello(0, 0);
         peer.expect_welcome();
         let until = Instant::now() + Duration::from_secs(5);
@@ -258,15 +265,13 @@ fn probes_keep_a_pong_only_client_alive() {
         }
         assert!(probes >= 2, "only {probes} probes in 5s");
         assert_eq!(metric(server.stats(), "ringbeat_evicted_total"), 0);
-        stop(server);
     });
 }
 
 #[test]
 fn peer_close_is_not_answered_with_close() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(args, |server, addr| {
+        let mut peer = Peer::connect(addr);
         peer.ping(1);
         peer.expect_pong(1);
         peer.send(&protocol::close_frame(CloseReason::Normal, "bye"));
@@ -274,15 +279,12 @@ fn peer_close_is_not_answered_with_close() {
         peer.expect_end();
         let series = r#"ringbeat_closed_total{reason="normal"}"#;
         assert_eq!(wait_metric(server.stats(), series, 1), 1);
-        stop(server);
     });
 }
 
 #[test]
 fn reset_in_mid_frame_is_counted_and_harmless() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let addr = server.local_addrs()[0];
+    each_server(args, |server, addr| {
         let mut bystander = Peer::connect(addr);
         let mut peer = Peer::connect(addr);
         peer.send(&protocol::ping_frame([1; 8])[..5]);
@@ -294,15 +296,13 @@ fn reset_in_mid_frame_is_counted_and_harmless() {
         assert_eq!(wait_metric(server.stats(), series, 1), 1);
         bystander.ping(2);
         bystander.expect_pong(2);
-        stop(server);
     });
 }
 
 #[test]
 fn a_mebibyte_of_pings_is_answered_in_full() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let mut peer = Peer::connect(server.local_addrs()[0]);
+    each_server(args, |_, addr| {
+        let mut peer = Peer::connect(addr);
         const FRAMES: u64 = (1 << 20) / 16;
         let writer = peer.stream.try_clone().unwrap();
         let flood = std::thread::spawn(move || {
@@ -316,16 +316,18 @@ fn a_mebibyte_of_pings_is_answered_in_full() {
             peer.expect_pong(i);
         }
         flood.join().unwrap();
-        stop(server);
     });
+}
+
+/// Held input past one 500 ms interval means the peer is not reading; the
+/// 20 s timeout never fires first.
+fn long_timeout(mode: IoMode) -> ServeArgs {
+    timed_args(mode, 500, 20_000, 100)
 }
 
 #[test]
 fn a_peer_that_never_reads_is_closed_as_overloaded() {
-    each_mode(|mode| {
-        // Held input past one interval means the peer is not reading.
-        let server = start(timed_args(mode, 500, 20_000, 100));
-        let addr = server.local_addrs()[0];
+    each_server(long_timeout, |server, addr| {
         let mut bystander = Peer::connect(addr);
         let peer = Peer::connect(addr);
         peer.stream
@@ -353,15 +355,12 @@ fn a_peer_that_never_reads_is_closed_as_overloaded() {
         assert!(metric(server.stats(), "ringbeat_recv_paused_total") >= 1);
         bystander.ping(5);
         bystander.expect_pong(5);
-        stop(server);
     });
 }
 
 #[test]
 fn takeover_closes_the_older_connection_on_any_shard() {
-    each_mode(|mode| {
-        let server = start(args(mode));
-        let addr = server.local_addrs()[0];
+    each_server(args, |_, addr| {
         let mut shards_seen = [false; 2];
         let mut holder: Option<Peer> = None;
         for _ in 0..12 {
@@ -383,17 +382,20 @@ fn takeover_closes_the_older_connection_on_any_shard() {
         a.ping(1);
         a.expect_pong(1);
         eprintln!("shards seen: {shards_seen:?}");
-        stop(server);
     });
+}
+
+/// Room for three connections.
+fn three_connections_max(mode: IoMode) -> ServeArgs {
+    ServeArgs {
+        max_connections: Some(3),
+        ..args(mode)
+    }
 }
 
 #[test]
 fn connections_over_the_limit_get_overloaded() {
-    each_mode(|mode| {
-        let mut a = args(mode);
-        a.max_connections = Some(3);
-        let server = start(a);
-        let addr = server.local_addrs()[0];
+    each_server(three_connections_max, |_, addr| {
         let mut held: Vec<Peer> = (0..3).map(|_| Peer::connect(addr)).collect();
         for (i, p) in held.iter_mut().enumerate() {
             p.ping(i as u64);
@@ -401,7 +403,6 @@ fn connections_over_the_limit_get_overloaded() {
         }
         let mut extra = Peer::connect(addr);
         extra.expect_close(OVERLOADED);
-        stop(server);
     });
 }
 
