@@ -28,6 +28,12 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--quick] [--clients N] [--soak SECONDS] [--ramp PER_SEC]" >&2; exit 2 ;;
   esac
 done
+for v in "$clients" "$soak" "$ramp"; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "c1m: '$v' is not a positive whole number" >&2; exit 2; }
+done
+# Silent clients are judged by the server's 60 s timeout: a soak that ends
+# before it cannot show them evicted.
+[ "$soak" -ge 90 ] || { echo "c1m: --soak $soak is shorter than the 60 s timeout + 30 s; use at least 90" >&2; exit 2; }
 # A port no socket listens on: a server killed a moment ago can keep its
 # listeners (and complete handshakes) until the kernel has torn its rings
 # down, and SO_REUSEPORT would hand it some of this run's clients.
@@ -176,7 +182,7 @@ md = f"""# c1m run {out.split('c1m-')[1]}
 | kernel slab bytes / connection (both ends) | {summary['kernel_slab_bytes_per_connection_pair']:.0f} |
 | heartbeats / s | {hb_s:,.0f} |
 | server CPU (avg of one core, ramp and soak) | {summary['server_cpu_util_avg']*100:.1f}% |
-| server CPU, steady state (cores) at heartbeats / s | {cores if cores is None else f"{cores:.2f}"} at {summary['heartbeats_per_s_steady']:,.0f} |
+| server CPU, steady state (cores) at heartbeats / s | {"n/a (soak shorter than one interval past the ramp)" if cores is None else f"{cores:.2f}"} at {summary['heartbeats_per_s_steady']:,.0f} |
 | server tick lag p99 / max (ms, bucket bound) | {lag if lag is None else f"≤ {lag[0]:g} / ≤ {lag[1]:g}"} |
 | connect rate / s | {load['connect_rate_per_s']:,.0f} |
 | RTT p50 / p99 / p99.9 / max (µs), steady state | {r['p50']} / {r['p99']} / {r['p999']} / {r['max']} |
