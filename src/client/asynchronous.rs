@@ -183,18 +183,8 @@ impl Task {
     }
 
     fn publish(&mut self, event: ClientEvent) {
-        match &event {
-            ClientEvent::Connected { session, .. } => {
-                tracing::debug!(session, server = %self.config.server, "connected");
-                self.live.store(true, Ordering::Release);
-            }
-            ClientEvent::Disconnected { reason } => {
-                tracing::debug!(%reason, "disconnected");
-                self.live.store(false, Ordering::Release);
-            }
-            _ => {}
-        }
-        let _ = self.events.send(event);
+        super::observe(&event, &self.live, &self.config.server);
+        let _ = self.events.send(event); // the application may not listen
     }
 
     async fn connect(&mut self) {

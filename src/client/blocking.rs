@@ -223,26 +223,7 @@ impl Driver {
     }
 
     fn publish(&mut self, event: ClientEvent) {
-        match &event {
-            ClientEvent::Connected { session, .. } => {
-                tracing::info!(session, server = %self.config.server, "connected");
-                self.live.store(true, Ordering::Release);
-            }
-            ClientEvent::Disconnected { reason } => {
-                if *reason == DisconnectReason::Local {
-                    tracing::info!(%reason, "disconnected");
-                } else {
-                    tracing::warn!(%reason, "disconnected");
-                }
-                self.live.store(false, Ordering::Release);
-            }
-            ClientEvent::ConnectFailed { reason } => tracing::debug!(%reason, "connect failed"),
-            ClientEvent::Reconnecting { attempt, delay_ms } => {
-                tracing::info!(attempt, delay_ms, "reconnecting");
-            }
-            ClientEvent::Stopped { reason } => tracing::info!(?reason, "stopped"),
-            ClientEvent::Data(_) => {}
-        }
+        super::observe(&event, &self.live, &self.config.server);
         let _ = self.events.send(event); // the application may not listen
     }
 

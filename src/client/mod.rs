@@ -14,6 +14,7 @@
 //! `Stopped`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -197,4 +198,29 @@ pub enum ClientError {
     TooLarge { len: usize, max: u32 },
     #[error("the client has stopped")]
     Stopped,
+}
+
+/// What both drivers do with an event before the application gets it: log
+/// it and keep the `is_live` flag in step.
+fn observe(event: &ClientEvent, live: &AtomicBool, server: &str) {
+    match event {
+        ClientEvent::Connected { session, .. } => {
+            tracing::info!(session, server = %server, "connected");
+            live.store(true, Ordering::Release);
+        }
+        ClientEvent::Disconnected { reason } => {
+            if *reason == DisconnectReason::Local {
+                tracing::info!(%reason, "disconnected");
+            } else {
+                tracing::warn!(%reason, "disconnected");
+            }
+            live.store(false, Ordering::Release);
+        }
+        ClientEvent::ConnectFailed { reason } => tracing::debug!(%reason, "connect failed"),
+        ClientEvent::Reconnecting { attempt, delay_ms } => {
+            tracing::info!(attempt, delay_ms, "reconnecting");
+        }
+        ClientEvent::Stopped { reason } => tracing::info!(?reason, "stopped"),
+        ClientEvent::Data(_) => {}
+    }
 }
