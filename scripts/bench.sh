@@ -7,24 +7,31 @@
 #   mosquitto (the distribution's package; MQTT keepalive with PINGREQ;
 #   installed by scripts/setup.sh --bench, skipped with a note if absent).
 #
-#   bash scripts/bench.sh [--quick] [--clients N]
+#   bash scripts/bench.sh [--quick] [--clients N] [--rounds N]
 #
 # Prints one table with every figure also as a ratio to ringbeat (fast), and
-# writes results/bench-DATE.json and .md. Peers that hold one fd per
-# connection are capped by RLIMIT_NOFILE, so the client count defaults to
-# 15000 for all peers. Loopback only; bounded; kills what it starts.
+# writes results/bench-DATE.json and .md. Each round runs every peer once
+# (each round starting one peer further on); figures are medians over the
+# rounds, so that the host's speed drifting during the run (this VM: up to
+# 1.7x) lands on every peer alike. Peers that hold one fd per connection are
+# capped by RLIMIT_NOFILE, so the client count defaults to 15000 for all
+# peers. Loopback only; bounded; kills what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 clients=15000
 run_s=40
-quick=0
+rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) quick=1; run_s=20; shift ;;
+    --quick) run_s=20; rounds=1; shift ;;
     --clients) clients=$2; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--clients N]" >&2; exit 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    *) echo "usage: $0 [--quick] [--clients N] [--rounds N]" >&2; exit 2 ;;
   esac
+done
+for v in "$clients" "$rounds"; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench: '$v' is not a positive whole number" >&2; exit 2; }
 done
 
 release=$(uname -r)
@@ -57,7 +64,9 @@ else
 fi
 
 port=7730
-for peer in "${peers[@]}"; do
+for round in $(seq "$rounds"); do
+shift_by=$(( (round - 1) % ${#peers[@]} ))
+for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
   wait_sockets_freed bench   # this peer's kernel bytes are its own
   port=$((port + 1))
   protocol=ringbeat
@@ -76,28 +85,29 @@ for peer in "${peers[@]}"; do
       cmd=("$mosquitto_bin" -c "$out-mosquitto.conf")
       protocol=mqtt ;;
   esac
-  "${cmd[@]}" 2> "$out-$peer.log" &
+  "${cmd[@]}" 2> "$out-$peer-r$round.log" &
   server=$!
   pids+=("$server")
   sleep 1
   rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
-  echo "bench: $peer: $clients clients, interval $interval, ${run_s}s"
+  echo "bench: round $round/$rounds: $peer: $clients clients, interval $interval, ${run_s}s"
   ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp 1000000 --protocol $protocol \
     --interval $interval --timeout $timeout --tick $tick --mix silent=0.05 --fault-after 3s \
-    --duration "${run_s}s" --steady-after 8s --server-pid "$server" --json "$out-$peer-load.json" \
-    2> "$out-$peer-load.log" > /dev/null || true
-  echo "$rss0" > "$out-$peer-rss0"
+    --duration "${run_s}s" --steady-after 8s --server-pid "$server" --json "$out-$peer-r$round-load.json" \
+    2> "$out-$peer-r$round-load.log" > /dev/null || true
+  echo "$rss0" > "$out-$peer-r$round-rss0"
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
 done
+done
 
-python3 - "$out" "$clients" "$release" "$features" "${peers[@]}" <<'PY'
-import json, sys
-out, clients, release, features, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
-rows = {}
-for p in peers:
-    r = json.load(open(f"{out}-{p}-load.json"))
-    rss0 = int(open(f"{out}-{p}-rss0").read()) * 1024
+python3 - "$out" "$clients" "$release" "$features" "$rounds" "${peers[@]}" <<'PY'
+import json, statistics, sys
+out, clients, release, features, rounds, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6:]
+
+def measure(p, rnd):
+    r = json.load(open(f"{out}-{p}-r{rnd}-load.json"))
+    rss0 = int(open(f"{out}-{p}-r{rnd}-rss0").read()) * 1024
     s = r["server"]
     # Server CPU over the steady window (from 8 s: connects, first PINGs and
     # evictions done, teardown not yet begun), per heartbeat answered in it.
@@ -105,7 +115,7 @@ for p in peers:
     cpu = steady["server_cpu_s"]
     answered = max(steady["heartbeats_answered"], 1)
     live = max(r["peak_live"], 1)
-    rows[p] = {
+    return {
         "connected": r["connected"],
         "server_rss_bytes_per_conn": (s["rss_bytes_at_peak_live"] - rss0) / live,
         "kernel_bytes_per_conn_pair": s["slab_bytes_delta"] / live,
@@ -114,23 +124,41 @@ for p in peers:
         "detection_ms_p50": r["detection_ms"]["p50"],
         "detection_ms_p99": r["detection_ms"]["p99"],
         "detection_ms_max": r["detection_ms"]["max"],
-        "silent_evicted": f'{r["silent_evicted"]}/{r["silent_total"]}',
+        "silent_evicted": r["silent_evicted"], "silent_total": r["silent_total"],
         "false_evictions": r["false_evictions"],
         "rtt_us_p99": r["rtt_us"]["p99"],
         "accept_rate_per_s": r["connect_rate_per_s"],
     }
+
+def combine(runs):
+    """Medians over the rounds; the worst detection and the eviction counts
+    over all of them; the CPU spread kept."""
+    row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    row["detection_ms_max"] = max(r["detection_ms_max"] for r in runs)
+    for k in ("connected", "silent_evicted", "silent_total", "false_evictions"):
+        row[k] = sum(r[k] for r in runs)
+    cpu = [r["server_cpu_s_per_million_heartbeats"] for r in runs]
+    row["server_cpu_s_per_million_heartbeats_range"] = [min(cpu), max(cpu)]
+    row["silent_evicted"] = f'{row["silent_evicted"]}/{row.pop("silent_total")}'
+    row["rounds"] = runs
+    return row
+
+rows = {p: combine([measure(p, i) for i in range(1, rounds + 1)]) for p in peers}
 base = rows[peers[0]]
 figs = [("server RSS bytes/conn", "server_rss_bytes_per_conn", "{:.0f}"),
         ("kernel bytes/conn (both ends)", "kernel_bytes_per_conn_pair", "{:.0f}"),
         ("server CPU-s per 1M heartbeats (steady)", "server_cpu_s_per_million_heartbeats", "{:.1f}"),
+        ("server CPU-s per 1M heartbeats, min–max over rounds", "server_cpu_s_per_million_heartbeats_range",
+         "{0[0]:.1f}–{0[1]:.1f}"),
         ("heartbeats/s per core (extrapolated)", "heartbeats_per_s_per_core", "{:,.0f}"),
-        ("detection p50 ms", "detection_ms_p50", "{}"), ("detection p99 ms", "detection_ms_p99", "{}"),
-        ("detection max ms", "detection_ms_max", "{}"), ("RTT p99 µs", "rtt_us_p99", "{}"),
+        ("detection p50 ms", "detection_ms_p50", "{:.0f}"), ("detection p99 ms", "detection_ms_p99", "{:.0f}"),
+        ("detection max ms (worst round)", "detection_ms_max", "{:.0f}"), ("RTT p99 µs", "rtt_us_p99", "{:.0f}"),
         ("accept rate/s (clients connect at will)", "accept_rate_per_s", "{:,.0f}"),
         ("false evictions", "false_evictions", "{}"), ("silent evicted", "silent_evicted", "{}")]
 lines = [f"# bench {out.split('bench-')[1]}", "",
          f"kernel {release}; {features}", "",
          f"{clients} clients per peer, PING every 1s (±10%), timeout 3s, 5% silent. Ratios are peer / {peers[0]}.",
+         f"{rounds} round(s), each running every peer in turn; figures are medians over the rounds, evictions are totals.",
          "mosquitto speaks MQTT: CONNECT keepalive 2 s (it closes after 1.5 × keepalive = 3 s), PINGREQ as the PING.", "",
          "| figure | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
 for label, key, fmt in figs:
@@ -143,8 +171,8 @@ for label, key, fmt in figs:
         cells.append(cell)
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
 md = "\n".join(lines) + "\n"
-json.dump({"tool": "bench.sh", "schema": 1, "kernel": release, "features": features,
-           "clients": clients, "baseline": peers[0], "peers": rows}, open(out + ".json", "w"), indent=2)
+json.dump({"tool": "bench.sh", "schema": 2, "kernel": release, "features": features,
+           "clients": clients, "rounds": rounds, "baseline": peers[0], "peers": rows}, open(out + ".json", "w"), indent=2)
 open(out + ".md", "w").write(md)
 print(md)
 print(f"wrote {out}.json and {out}.md")
