@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One million concurrent heartbeat clients against one ringbeat process on
 # this box, with a soak, and the figures that matter for capacity:
-#   bash scripts/c1m.sh [--quick] [--clients N] [--soak DUR] [--ramp PER_SEC]
+#   bash scripts/c1m.sh [--quick] [--clients N] [--soak DUR] [--ramp PER_SEC] [--netns]
+#
+# With --netns, server and load generator run in a network namespace of
+# their own whose established-connection hash is sized for the run (kernel
+# 6.1+), instead of the host's boot-sized one.
 #
 # Applies the sysctls it needs (printed, restored on exit), starts
 # `ringbeat serve` with enough shards for RLIMIT_NOFILE-capped rings, ramps
@@ -14,21 +18,21 @@ cd "$(dirname "$0")/.."
 
 clients=1000000
 soak=600
-# 5,000 connects/s: measured here, 10,000/s on top of the heartbeats fills
-# both cores (RTT p99 1.8 s in the soak, 36% of detections late, tick lag up
-# to 0.5 s; c1m-20261129-213348), 5,000/s does not.
+# 5,000 connects/s: the rate of every documented 1M run (docs/LOAD.md).
 ramp=5000
 interval=30s
 timeout=60s
 tick=100ms
 silent=0.01
+netns=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) soak=120; shift ;;
     --clients) clients=$2; shift 2 ;;
     --soak) soak=$2; shift 2 ;;
     --ramp) ramp=$2; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--clients N] [--soak SECONDS] [--ramp PER_SEC]" >&2; exit 2 ;;
+    --netns) netns=1; shift ;;
+    *) echo "usage: $0 [--quick] [--clients N] [--soak SECONDS] [--ramp PER_SEC] [--netns]" >&2; exit 2 ;;
   esac
 done
 for v in "$clients" "$soak" "$ramp"; do
@@ -37,19 +41,30 @@ done
 # Silent clients are judged by the server's 60 s timeout: a soak that ends
 # before it cannot show them evicted.
 [ "$soak" -ge 90 ] || { echo "c1m: --soak $soak is shorter than the 60 s timeout + 30 s; use at least 90" >&2; exit 2; }
-# A port no socket listens on: a server killed a moment ago can keep its
-# listeners (and complete handshakes) until the kernel has torn its rings
-# down, and SO_REUSEPORT would hand it some of this run's clients.
-port=${RINGBEAT_C1M_PORT:-7800}
-while ss -Htln "( sport = :$port or sport = :$((port + 1)) )" | grep -q .; do port=$((port + 2)); done
-metrics_port=$((port + 1))
 stamp=$(date -u +%Y%m%d-%H%M%S)
 out=results/c1m-$stamp
 mkdir -p results
 
-# ---- sysctls: print, apply, restore on exit --------------------------------
+# ---- sysctls and namespace: print, apply, undo on exit ---------------------
 source scripts/lib/loadbox.sh
+wait_sockets_freed c1m alloc
 loadbox_begin c1m sysctls
+if [ "$netns" = 1 ]; then
+  # Two sockets per client, one bucket each, rounded up to a power of two.
+  ehash=65536
+  while [ "$ehash" -lt $((clients * 2)) ] && [ "$ehash" -lt 16777216 ]; do ehash=$((ehash * 2)); done
+  loadbox_netns "$ehash" || echo "c1m: no network namespace with its own hash here (kernel 6.1+ and iproute2); running in the host's"
+fi
+in_ns=("${loadbox_in[@]}")
+# Negative where the namespace shares the host's hash.
+ehash_buckets=$("${in_ns[@]}" sysctl -n net.ipv4.tcp_ehash_entries 2>/dev/null || echo 0)
+
+# A port no socket listens on: a server killed a moment ago can keep its
+# listeners (and complete handshakes) until the kernel has torn its rings
+# down, and SO_REUSEPORT would hand it some of this run's clients.
+port=${RINGBEAT_C1M_PORT:-7800}
+while "${in_ns[@]}" ss -Htln "( sport = :$port or sport = :$((port + 1)) )" | grep -q .; do port=$((port + 2)); done
+metrics_port=$((port + 1))
 
 # ---- build and start the server -------------------------------------------
 cargo build --release --quiet --bin ringbeat --bin ringbeat-load
@@ -61,7 +76,7 @@ cat > "$out-server.toml" <<TOML
 recv_buffers = 256
 send_chunks = 256
 TOML
-./target/release/ringbeat serve --listen 127.0.0.1:$port --metrics 127.0.0.1:$metrics_port \
+"${in_ns[@]}" ./target/release/ringbeat serve --listen 127.0.0.1:$port --metrics 127.0.0.1:$metrics_port \
   --shards "$shards" --max-connections $((clients * 11 / 10)) \
   --interval $interval --timeout $timeout --tick $tick --config "$out-server.toml" \
   2> "$out-server.log" &
@@ -77,10 +92,10 @@ sampler() {
   local t0; t0=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do
     local live rss slab sock stat
-    live=$(curl -s -m 2 "127.0.0.1:$metrics_port/metrics" | awk '$1=="ringbeat_connections" {print $2}')
+    live=$("${in_ns[@]}" curl -s -m 2 "127.0.0.1:$metrics_port/metrics" | awk '$1=="ringbeat_connections" {print $2}')
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null)
     slab=$(slab_kb)
-    sock=$(awk '/^TCP:/ {for (i=1;i<=NF;i++) {if ($i=="mem") m=$(i+1); if ($i=="inuse") u=$(i+1)}; print m "," u}' /proc/net/sockstat)
+    sock=$(awk '/^TCP:/ {for (i=1;i<=NF;i++) {if ($i=="mem") m=$(i+1); if ($i=="inuse") u=$(i+1)}; print m "," u}' "/proc/$server/net/sockstat" 2>/dev/null)
     stat=$(awk '{sub(/.*\) /, ""); print $12 "," $13}' "/proc/$server/stat" 2>/dev/null)
     echo "$(( $(date +%s) - t0 )),${live:-0},${rss:-0},$slab,$sock,$stat"
     sleep 5
@@ -101,21 +116,21 @@ set +e
 # this small it shares the cores with the server, so it yields to it, and it
 # gathers completions for up to 10 ms per wake-up (measured: fewer wake-ups
 # of its 53 threads; detection slack grows by those 10 ms).
-nice -n 10 ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp "$ramp" \
+"${in_ns[@]}" nice -n 10 ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp "$ramp" \
   --interval $interval --timeout $timeout --tick $tick --mix "silent=$silent" --hello \
   --fault-after $interval --fault-at "$((ramp_s + 10))s" --duration "${duration}s" --server-pid "$server" \
   --batch-wait 10ms \
   --json "$out-load.json" 2> "$out-load.log" > /dev/null
 load_rc=$?
-curl -s -m 5 "127.0.0.1:$metrics_port/metrics" > "$out-metrics.txt" || true
+"${in_ns[@]}" curl -s -m 5 "127.0.0.1:$metrics_port/metrics" > "$out-metrics.txt" || true
 set -e
 tail -3 "$out-load.log"
 
-python3 - "$out" "$clients" "$shards" "$slab_before" "$rss_before" "$load_rc" "$soak" "$ramp_s" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$out" "$clients" "$shards" "$slab_before" "$rss_before" "$load_rc" "$soak" "$ramp_s" "$(getconf CLK_TCK)" "${loadbox_ns:-host}" "$ehash_buckets" <<'PY'
 import csv, json, platform, re, sys
-out, clients, shards, slab_before, rss_before, load_rc, soak, ramp_s, clk_tck = sys.argv[1:]
+out, clients, shards, slab_before, rss_before, load_rc, soak, ramp_s, clk_tck, netns, ehash = sys.argv[1:]
 clients, shards, slab_before, rss_before = int(clients), int(shards), int(slab_before), int(rss_before)
-ramp_s, soak, clk_tck = int(ramp_s), int(soak), int(clk_tck)
+ramp_s, soak, clk_tck, ehash = int(ramp_s), int(soak), int(clk_tck), abs(int(ehash))
 
 def steady_cores(rows, interval_s):
     """Server cores over the soak once every client has sent its first PING."""
@@ -155,6 +170,7 @@ lag = tick_lag_ms(out + "-metrics.txt")
 summary = {
     "tool": "c1m.sh", "schema": 1, "kernel": platform.release(),
     "clients_target": clients, "shards": shards, "soak_s": int(soak),
+    "network_namespace": netns, "tcp_ehash_buckets": ehash,
     "peak_live_server": live, "peak_live_loadgen": load["peak_live"],
     "server_rss_bytes_at_peak": rss_kb * 1024,
     "server_user_bytes_per_connection": (rss_kb - rss_before) * 1024 / max(live, 1),
@@ -180,6 +196,7 @@ md = f"""# c1m run {out.split('c1m-')[1]}
 | kernel | {summary['kernel']} |
 | clients target / peak live (server) | {clients:,} / {live:,} |
 | shards (rings) | {shards} |
+| network namespace / TCP established hash buckets | {netns} / {ehash:,} |
 | server RSS at peak | {rss_kb/1024:.0f} MiB |
 | server user-space bytes / connection | {summary['server_user_bytes_per_connection']:.0f} |
 | kernel slab bytes / connection (both ends) | {summary['kernel_slab_bytes_per_connection_pair']:.0f} |

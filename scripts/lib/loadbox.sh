@@ -2,8 +2,10 @@
 # lifetime: `loadbox_begin TAG [sysctls]` arms an exit trap that kills every
 # pid in `pids` and restores the sysctls, which with `sysctls` it first
 # applies (the ones a loopback run with up to a few million sockets needs,
-# printed as they change). And how kernel memory is read.
+# printed as they change). `loadbox_netns` moves the run into a network
+# namespace of its own, deleted at exit. And how kernel memory is read.
 pids=()
+loadbox_ns=""
 loadbox_begin() {
   loadbox_tag=$1
   trap loadbox_end EXIT
@@ -13,8 +15,31 @@ loadbox_end() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "$loadbox_ns" ]; then ip netns del "$loadbox_ns" 2>/dev/null || true; fi
   load_sysctls_restore "$loadbox_tag"
 }
+
+# `loadbox_netns ENTRIES`: creates a network namespace whose TCP
+# established-connection hash has ENTRIES buckets (kernel 6.1+; the host's
+# is sized at boot, 262,144 on this 24 GiB box, so a million loopback pairs
+# chain 8 sockets per bucket), brings its loopback up and applies the
+# per-namespace sysctls inside it. Run commands there with `$loadbox_in`.
+# Returns 1 (and leaves the run where it was) where that cannot be done.
+loadbox_netns() {
+  local k
+  [ -e /proc/sys/net/ipv4/tcp_child_ehash_entries ] || return 1
+  command -v ip >/dev/null || return 1
+  load_sysctl_set "$loadbox_tag" net.ipv4.tcp_child_ehash_entries "$1" || return 1
+  loadbox_ns="$loadbox_tag-$$"
+  ip netns add "$loadbox_ns" || { loadbox_ns=""; return 1; }
+  ip netns exec "$loadbox_ns" ip link set lo up
+  for k in net.ipv4.ip_local_port_range net.core.somaxconn net.ipv4.tcp_max_syn_backlog; do
+    ip netns exec "$loadbox_ns" sysctl -qw "$k=${load_sysctls_want[$k]}"
+  done
+  loadbox_in=(ip netns exec "$loadbox_ns")
+  echo "$loadbox_tag: network namespace $loadbox_ns, established hash $(ip netns exec "$loadbox_ns" sysctl -n net.ipv4.tcp_ehash_entries) buckets"
+}
+loadbox_in=()
 
 #   load_sysctls_apply TAG    # prints "TAG: sysctl k: 'old' -> 'new'"
 #   load_sysctls_restore TAG  # writes the saved values back (call from a trap)
@@ -36,13 +61,20 @@ declare -A load_sysctls_want=(
 declare -A load_sysctls_saved=()
 
 load_sysctls_apply() {
-  local k old
+  local k
   for k in "${!load_sysctls_want[@]}"; do
-    old=$(sysctl -n "$k" 2>/dev/null | tr '\t' ' ') || continue
-    load_sysctls_saved[$k]=$old
-    echo "$1: sysctl $k: '$old' -> '${load_sysctls_want[$k]}'"
-    sysctl -qw "$k=${load_sysctls_want[$k]}" || echo "$1: (could not set $k)"
+    load_sysctl_set "$1" "$k" "${load_sysctls_want[$k]}" || true
   done
+}
+
+# `load_sysctl_set TAG KEY VALUE`: saves the old value for the restore,
+# prints the change and applies it.
+load_sysctl_set() {
+  local old
+  old=$(sysctl -n "$2" 2>/dev/null | tr '\t' ' ') || return 1
+  [ -n "${load_sysctls_saved[$2]+set}" ] || load_sysctls_saved[$2]=$old
+  echo "$1: sysctl $2: '$old' -> '$3'"
+  sysctl -qw "$2=$3" || { echo "$1: (could not set $2)"; return 1; }
 }
 
 load_sysctls_restore() {
@@ -67,11 +99,17 @@ slab_kb() {
 
 # Waits (at most 90 s) until the previous run's TCP sockets are gone, so the
 # next run's kernel-memory delta is its own: `wait_sockets_freed TAG` waits
-# for open sockets; `wait_sockets_freed TAG tw` also for TIME_WAIT ones
-# (256 B each, gone after 60 s).
+# for open sockets of this namespace; `wait_sockets_freed TAG tw` also for
+# TIME_WAIT ones (256 B each, gone after 60 s); `wait_sockets_freed TAG
+# alloc` for every TCP socket the kernel still holds, in any namespace (a
+# million-pair run takes tens of seconds to tear down, and the next one
+# would share the cores and TCP memory with that).
 wait_sockets_freed() {
   local left kinds="inuse"
-  [ "${2:-}" = tw ] && kinds="inuse tw"
+  case "${2:-}" in
+    tw) kinds="inuse tw" ;;
+    alloc) kinds="alloc" ;;
+  esac
   for _ in $(seq 90); do
     left=$(awk -v kinds="$kinds" '/^TCP:/ {for (i = 2; i < NF; i++) if (index(" " kinds " ", " " $i " ")) n += $(i + 1); print n + 0}' /proc/net/sockstat)
     [ "${left:-0}" -lt 2000 ] && return 0
