@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::machine::{Machine, Output};
-use super::{ClientConfig, ClientError, ClientEvent, DisconnectReason};
+use super::{check_send, ClientConfig, ClientError, ClientEvent, DisconnectReason};
 
 /// Bytes one read takes from the socket.
 const READ_CHUNK: usize = 4096;
@@ -82,15 +82,7 @@ impl AsyncClient {
 
     /// Sends DATA on the current session (lost if the connection dies first).
     pub fn send(&self, payload: &[u8]) -> Result<(), ClientError> {
-        if payload.len() > self.max_payload as usize {
-            return Err(ClientError::TooLarge {
-                len: payload.len(),
-                max: self.max_payload,
-            });
-        }
-        if !self.is_connected() {
-            return Err(ClientError::NotConnected);
-        }
+        check_send(payload, self.max_payload, &self.live)?;
         self.commands
             .send(Command::Send(payload.to_vec()))
             .map_err(|_| ClientError::Stopped)

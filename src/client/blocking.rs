@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::machine::{Machine, Output};
-use super::{ClientConfig, ClientError, ClientEvent, DisconnectReason};
+use super::{check_send, ClientConfig, ClientError, ClientEvent, DisconnectReason};
 
 /// Bytes one `read` takes from the socket.
 const READ_CHUNK: usize = 4096;
@@ -85,15 +85,7 @@ impl Client {
     /// Sends DATA on the current session. Like any TCP write, DATA in
     /// flight when the connection dies is lost.
     pub fn send(&self, payload: &[u8]) -> Result<(), ClientError> {
-        if payload.len() > self.max_payload as usize {
-            return Err(ClientError::TooLarge {
-                len: payload.len(),
-                max: self.max_payload,
-            });
-        }
-        if !self.is_connected() {
-            return Err(ClientError::NotConnected);
-        }
+        check_send(payload, self.max_payload, &self.live)?;
         self.commands
             .send(Command::Send(payload.to_vec()))
             .map_err(|_| ClientError::Stopped)

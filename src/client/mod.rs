@@ -200,6 +200,21 @@ pub enum ClientError {
     Stopped,
 }
 
+/// Whether a DATA payload may be handed to the driver now: both drivers
+/// refuse it the same way before it reaches their command channel.
+fn check_send(payload: &[u8], max_payload: u32, live: &AtomicBool) -> Result<(), ClientError> {
+    if payload.len() > max_payload as usize {
+        return Err(ClientError::TooLarge {
+            len: payload.len(),
+            max: max_payload,
+        });
+    }
+    if !live.load(Ordering::Acquire) {
+        return Err(ClientError::NotConnected);
+    }
+    Ok(())
+}
+
 /// What both drivers do with an event before the application gets it: log
 /// it and keep the `is_live` flag in step.
 fn observe(event: &ClientEvent, live: &AtomicBool, server: &str) {
