@@ -56,7 +56,8 @@ def model(points):
             # The kernel figure covers both ends of each loopback pair; a
             # server holds one end.
             "kernel_bytes_per_server_conn": b_k / 2,
-            "cores_fixed": a_c, "core_s_per_heartbeat": b_c}
+            "cores_fixed": a_c, "core_s_per_heartbeat": b_c,
+            "largest_measured_conns": max(live)}
 
 
 def plan(m, clients, interval_s, cores, ram_gib):
@@ -68,7 +69,11 @@ def plan(m, clients, interval_s, cores, ram_gib):
     per_conn_cores = m["core_s_per_heartbeat"] / interval_s
     by_cpu = HEADROOM * cores / per_conn_cores if per_conn_cores > 0 else math.inf
     per_machine = int(min(by_ram, by_cpu))
+    # How far past the largest measured count the plan reaches (None for a
+    # model written before the field existed).
+    largest = m.get("largest_measured_conns")
     return {"connections_per_machine": per_machine,
+            "beyond_measured": per_machine / largest if largest else None,
             "machines": max(1, math.ceil(clients / per_machine)),
             "binding_resource": "memory" if by_ram < by_cpu else "cpu",
             "by_ram": int(by_ram), "by_cpu": int(by_cpu) if by_cpu != math.inf else None}
@@ -108,7 +113,8 @@ def report(prefix, counts):
                      f"{p['kernel_bytes']/max(p['live'],1):.0f} | {p['heartbeats_per_s']:,.0f} | {p['server_cores']:.2f} | {p['false_evictions']} |"
                      for p in points)
     prow = "\n".join(f"| {p['clients']:,} | {p['interval_s']} s | {p['cores']} / {p['ram_gib']} GiB | "
-                     f"{p['connections_per_machine']:,} | {p['machines']} | {p['binding_resource']} |" for p in plans)
+                     f"{p['connections_per_machine']:,} | {p['machines']} | {p['binding_resource']} | "
+                     f"{p['beyond_measured']:.1f}× |" for p in plans)
     md = f"""# ringbeat capacity report {prefix.split('capacity-')[1]}
 
 ## Measured (fast mode, 30 s interval)
@@ -127,9 +133,13 @@ def report(prefix, counts):
 
 ## Planner (to {int(HEADROOM*100)}% of cores and RAM)
 
-| clients | interval | machine | connections / machine | machines | binding |
-|---:|---:|---|---:|---:|---|
+| clients | interval | machine | connections / machine | machines | binding | × largest measured |
+|---:|---:|---|---:|---:|---|---:|
 {prow}
+
+The last column says how far each plan extrapolates past the largest client
+count measured ({max(live):,}). Beyond ~2× the fitted costs are a guess:
+measure up to the count you plan for.
 
 `python3 scripts/capacity.py plan --model {prefix}.json --clients N --interval S --cores C --ram-gib G`
 """

@@ -42,6 +42,12 @@ class Plan(unittest.TestCase):
         self.assertEqual(p["binding_resource"], "memory")
         self.assertEqual(p["machines"], -(-10_000_000 // p["connections_per_machine"]))
 
+    def test_plan_says_how_far_it_extrapolates(self):
+        p = capacity.plan({**self.MODEL, "largest_measured_conns": 700_000}, 1_000_000, 30, 2, 24)
+        self.assertAlmostEqual(p["beyond_measured"], 3.0, places=3)
+        # A model saved before the field existed plans as before.
+        self.assertIsNone(capacity.plan(self.MODEL, 1_000_000, 30, 2, 24)["beyond_measured"])
+
     def test_a_model_without_memory_cost_is_refused(self):
         with self.assertRaises(SystemExit):
             capacity.plan({**self.MODEL, "user_bytes_per_conn": 0, "kernel_bytes_per_server_conn": 0},
@@ -63,7 +69,10 @@ class Report(unittest.TestCase):
             self.assertAlmostEqual(m["kernel_bytes_per_server_conn"], 4_500)
             self.assertAlmostEqual(m["core_s_per_heartbeat"], 20e-6)
             self.assertTrue(os.path.exists(prefix + "-memory.svg"))
-            self.assertIn("least squares", pathlib.Path(prefix + ".md").read_text())
+            md = pathlib.Path(prefix + ".md").read_text()
+            self.assertIn("least squares", md)
+            # 1M clients on 2 cores is 50× the 20K measured here.
+            self.assertIn("× largest measured", md)
 
 
 if __name__ == "__main__":
