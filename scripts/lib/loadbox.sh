@@ -32,9 +32,11 @@ loadbox_netns() {
   load_sysctl_set "$loadbox_tag" net.ipv4.tcp_child_ehash_entries "$1" || return 1
   loadbox_ns="$loadbox_tag-$$"
   ip netns add "$loadbox_ns" || { loadbox_ns=""; return 1; }
-  ip netns exec "$loadbox_ns" ip link set lo up
+  # Called as `loadbox_netns … || fallback`, where set -e does not act:
+  # each step checks itself, and the namespace is used only if all worked.
+  ip netns exec "$loadbox_ns" ip link set lo up || return 1
   for k in net.ipv4.ip_local_port_range net.core.somaxconn net.ipv4.tcp_max_syn_backlog; do
-    ip netns exec "$loadbox_ns" sysctl -qw "$k=${load_sysctls_want[$k]}"
+    ip netns exec "$loadbox_ns" sysctl -qw "$k=${load_sysctls_want[$k]}" || return 1
   done
   loadbox_in=(ip netns exec "$loadbox_ns")
   echo "$loadbox_tag: network namespace $loadbox_ns, established hash $(ip netns exec "$loadbox_ns" sysctl -n net.ipv4.tcp_ehash_entries) buckets"
