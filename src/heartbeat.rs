@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn free_and_closing_slots_are_skipped() {
         let mut t = table_with(&[(0, 0), (1, 0)]);
-        t.begin_close(1);
+        t.begin_close(1, 0, None);
         assert_eq!(t.timeout_ticks[1], NEVER);
         assert_eq!(verdicts(&t, 1_000, false), vec![(0, Verdict::Evict)]);
     }

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod events;
 pub mod heartbeat;
 pub mod load;
+pub mod mailbox;
 pub mod metrics_http;
 pub mod protocol;
 pub mod registry;

@@ -150,6 +150,21 @@ impl CloseReason {
     }
 }
 
+/// The CLOSE frame the server sends for `code`, in memory that lives for
+/// the whole program: a connection's CLOSE needs no send-pool room, so no
+/// burst of closes can lose one. Unknown codes get an empty text.
+pub fn static_close_frame(code: u16) -> &'static [u8] {
+    static FRAMES: std::sync::LazyLock<Vec<Vec<u8>>> = std::sync::LazyLock::new(|| {
+        CloseReason::ALL
+            .iter()
+            .map(|r| close_frame(*r, r.text()))
+            .collect()
+    });
+    FRAMES
+        .get(usize::from(code))
+        .map_or(&[][..], |f| f.as_slice())
+}
+
 /// Why a header or payload is not valid version-1 wire data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum ProtocolError {

@@ -1,45 +1,29 @@
 //! Who holds each non-zero `client_id`, across shards. Each id has a home
-//! shard (`client_id % shards`) that keeps its entry; claims and releases
-//! travel there over the control plane (crossbeam channels, see `server`).
+//! shard (`client_id % shards`) that keeps its entry; claims, releases and
+//! eviction acknowledgements travel there over the mailbox (`mailbox`).
 //!
-//! Takeover is two hops so that the old holder is closed before the new one
-//! is announced: home → old holder's shard (`Evict`), which closes it and
-//! tells the new holder's shard (`Granted`). At every moment the registry
-//! names at most one holder per id.
+//! An entry names the newest claimant and counts the holders it replaced
+//! whose close is not yet acknowledged. The newest is granted only when
+//! that count is zero, so at every moment at most one live connection holds
+//! a given id (the property test in tests/engine.rs checks every
+//! interleaving it can find).
 
 use std::collections::HashMap;
 
-/// One connection, named across shards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Holder {
-    pub shard: u16,
-    pub slot: u32,
-    pub generation: u32,
-}
+use crate::mailbox::{Holder, ToHolder};
 
-/// Control-plane messages between shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Control {
-    /// To the home shard: `holder` said HELLO with `client_id`.
-    Claim { client_id: u64, holder: Holder },
-    /// To the home shard: `holder` is gone.
-    Release { client_id: u64, holder: Holder },
-    /// To the old holder's shard: close `old` as TAKEN_OVER, then grant `new`.
-    Evict {
-        client_id: u64,
-        old: Holder,
-        new: Holder,
-    },
-    /// To the new holder's shard: it now holds `client_id`.
-    Granted { client_id: u64, holder: Holder },
-    /// To every shard: stop accepting, close everything, exit.
-    Shutdown,
+struct Entry {
+    /// The newest claimant, until it is released.
+    holder: Option<Holder>,
+    /// Replaced holders whose close is not yet acknowledged.
+    evicting: u32,
 }
 
 /// The home shard's share of the registry.
 #[derive(Debug, Default)]
 pub struct Registry {
-    holders: HashMap<u64, Holder>,
+    entries: HashMap<u64, Entry>,
 }
 
 /// The home shard of a client id.
@@ -47,40 +31,75 @@ pub fn home_shard(client_id: u64, shards: usize) -> u16 {
     (client_id % shards as u64) as u16
 }
 
+/// A message the registry asks to be sent to shard `.0`.
+pub type Outgoing = (u16, ToHolder);
+
+fn granted(client_id: u64, holder: Holder) -> Outgoing {
+    (holder.shard, ToHolder::Granted { client_id, holder })
+}
+
 impl Registry {
     pub fn len(&self) -> usize {
-        self.holders.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.holders.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Records the new holder; returns the message to send (and its target
-    /// shard): `Evict` to the old holder's shard, or `Granted` at once.
-    pub fn claim(&mut self, client_id: u64, holder: Holder) -> (u16, Control) {
-        match self.holders.insert(client_id, holder) {
-            Some(old) if old != holder => (
-                old.shard,
-                Control::Evict {
-                    client_id,
-                    old,
-                    new: holder,
-                },
-            ),
-            _ => (holder.shard, Control::Granted { client_id, holder }),
+    /// Records `holder` as the newest claimant: the one it replaces is
+    /// evicted, or, with nothing to wait for, `holder` is granted at once.
+    pub fn claim(&mut self, client_id: u64, holder: Holder) -> Option<Outgoing> {
+        let entry = self.entries.entry(client_id).or_insert(Entry {
+            holder: None,
+            evicting: 0,
+        });
+        let old = entry.holder.replace(holder);
+        match old {
+            Some(old) if old != holder => {
+                entry.evicting += 1;
+                let evict = ToHolder::Evict { client_id, old };
+                Some((old.shard, evict))
+            }
+            _ if entry.evicting == 0 => Some(granted(client_id, holder)),
+            _ => None,
         }
     }
 
-    /// Forgets `holder` if it is still the one on record.
+    /// A replaced holder is closed; grants the newest once none is left.
+    pub fn evicted(&mut self, client_id: u64) -> Option<Outgoing> {
+        let entry = self.entries.get_mut(&client_id)?;
+        assert!(
+            entry.evicting > 0,
+            "eviction of {client_id} acknowledged twice"
+        );
+        entry.evicting -= 1;
+        match (entry.evicting, entry.holder) {
+            (0, None) => {
+                self.entries.remove(&client_id);
+                None
+            }
+            (0, Some(h)) => Some(granted(client_id, h)),
+            _ => None,
+        }
+    }
+
+    /// Forgets `holder` if it is still the newest claimant.
     pub fn release(&mut self, client_id: u64, holder: Holder) {
-        if self.holders.get(&client_id) == Some(&holder) {
-            self.holders.remove(&client_id);
+        let Some(entry) = self.entries.get_mut(&client_id) else {
+            return;
+        };
+        if entry.holder == Some(holder) {
+            entry.holder = None;
+            if entry.evicting == 0 {
+                self.entries.remove(&client_id);
+            }
         }
     }
 
+    /// The newest claimant of `client_id`.
     pub fn holder(&self, client_id: u64) -> Option<Holder> {
-        self.holders.get(&client_id).copied()
+        self.entries.get(&client_id).and_then(|e| e.holder)
     }
 }
 
@@ -97,30 +116,49 @@ mod tests {
     }
 
     #[test]
-    fn first_claim_is_granted_second_evicts_first() {
+    fn first_claim_is_granted_second_evicts_first_then_is_granted() {
         let mut r = Registry::default();
         assert_eq!(
             r.claim(9, h(0, 1)),
-            (
+            Some((
                 0,
-                Control::Granted {
+                ToHolder::Granted {
                     client_id: 9,
                     holder: h(0, 1)
                 }
-            )
+            ))
         );
         assert_eq!(
             r.claim(9, h(1, 5)),
-            (
-                1 - 1,
-                Control::Evict {
+            Some((
+                0,
+                ToHolder::Evict {
                     client_id: 9,
                     old: h(0, 1),
-                    new: h(1, 5)
                 }
-            )
+            ))
         );
         assert_eq!(r.holder(9), Some(h(1, 5)));
+        assert_eq!(
+            r.evicted(9),
+            Some((
+                1,
+                ToHolder::Granted {
+                    client_id: 9,
+                    holder: h(1, 5)
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn no_grant_while_an_older_eviction_is_outstanding() {
+        let mut r = Registry::default();
+        r.claim(9, h(0, 1));
+        r.claim(9, h(1, 5)); // evicts (0,1)
+        r.claim(9, h(2, 7)); // evicts (1,5), which was never granted
+        assert_eq!(r.evicted(9), None, "(0,1) may still be live");
+        assert!(matches!(r.evicted(9), Some((2, ToHolder::Granted { .. }))));
     }
 
     #[test]
@@ -130,6 +168,7 @@ mod tests {
         r.claim(9, h(1, 5));
         r.release(9, h(0, 1));
         assert_eq!(r.holder(9), Some(h(1, 5)));
+        r.evicted(9);
         r.release(9, h(1, 5));
         assert!(r.is_empty());
     }

@@ -1,18 +1,16 @@
 //! Starts the shards and runs the control plane: picks the io mode, sizes
 //! each shard, binds one SO_REUSEPORT listener per shard and address, pins
-//! threads round-robin to cores, and carries control messages between shards
-//! over crossbeam channels (each paired with an eventfd that wakes the ring).
+//! threads round-robin to cores, and builds the mailbox the shards message
+//! each other through (`mailbox`).
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use socket2::{Domain, Socket, TcpKeepalive, Type};
 
 use crate::config::{Config, IoMode};
@@ -20,7 +18,7 @@ use crate::conn_table::{ConnTable, SLOTS_MAX};
 use crate::engine::{Engine, EngineConfig};
 use crate::events::{self, Event, EventSender};
 use crate::heartbeat::Timing;
-use crate::registry::Control;
+use crate::mailbox::{Peers, ShardMsg};
 use crate::ring::{self, Features, RingSetup};
 use crate::shard::{IoPlan, Shard, ShardSpec};
 use crate::stash::StashPool;
@@ -31,20 +29,11 @@ const FIXED_FILES_MAX: u64 = 1 << 20;
 /// Descriptors kept free for listeners, eventfds, the metrics socket, logs.
 const RESERVED_FDS: u64 = 64;
 
-/// Every shard's control-plane inbox and wake eventfd.
-#[derive(Debug)]
-pub struct Peers {
-    senders: Vec<Sender<Control>>,
-    wakers: Vec<std::fs::File>,
-}
-
-impl Peers {
-    /// Delivers `msg` to shard `to` and wakes its ring.
-    pub fn send(&self, to: u16, msg: Control) {
-        if self.senders[usize::from(to)].send(msg).is_ok() {
-            let _ = (&self.wakers[usize::from(to)]).write(&1u64.to_ne_bytes());
-        }
-    }
+/// Slots of each shard kept free for refusals: past `slots - reserve` open
+/// connections a new one is still accepted, answered CLOSE(OVERLOADED) and
+/// closed, instead of waiting unanswered in the listen backlog.
+pub fn refusal_reserve(slots: u32) -> u32 {
+    (slots / 16).clamp(1, 1024).min(slots.saturating_sub(1))
 }
 
 /// The io mode chosen at start-up, and why.
@@ -185,17 +174,20 @@ impl Server {
         let mode = choose_mode(config.io_mode, &features, events.is_some())?;
         let nofile = ring::raise_nofile_limit().context("RLIMIT_NOFILE")?;
         let slots = slots_per_shard(&config, mode.plan.fast, nofile);
-        let capacity = u64::from(slots) * config.shards as u64;
+        let shard_limit = slots - refusal_reserve(slots);
+        let held = u64::from(shard_limit) * config.shards as u64;
+        let capacity = held.min(u64::from(config.max_connections));
         tracing::info!(mode = %mode.reason, features = %features.summary(), "io mode");
         tracing::info!(
             shards = config.shards,
             slots_per_shard = slots,
+            refusal_reserve = slots - shard_limit,
             nofile,
-            "capacity {capacity} connections"
+            "capacity {capacity} connections (past it: CLOSE(OVERLOADED))"
         );
-        if capacity < u64::from(config.max_connections) {
+        if held < u64::from(config.max_connections) {
             tracing::warn!(
-                "can hold {capacity} connections, below --max-connections {}: {}",
+                "can hold {held} connections, below --max-connections {}: {}",
                 config.max_connections,
                 if mode.plan.fast {
                     "raise nofile or --shards (each ring's table is capped by RLIMIT_NOFILE)"
@@ -206,6 +198,7 @@ impl Server {
         }
         let (listeners, local_addrs) = bind_all(&config)?;
         let stats = Arc::new(Stats::new());
+        stats.capacity.set(capacity as i64);
         let metrics_addr = config
             .metrics
             .map(|addr| crate::metrics_http::spawn(addr, stats.clone()))
@@ -217,11 +210,13 @@ impl Server {
         let wakers = (0..config.shards)
             .map(|_| ring::eventfd())
             .collect::<Result<Vec<_>, _>>()?;
-        let peers = Arc::new(Peers { senders, wakers });
+        let peers = Arc::new(Peers::new(senders, wakers));
         let shared = Shared {
             config: &config,
             plan: mode.plan,
             slots,
+            shard_limit,
+            max_connections: capacity as u32,
             peers: &peers,
             events: &events,
             stats: &stats,
@@ -301,9 +296,7 @@ pub struct ShutdownHandle {
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
-        for to in 0..self.peers.senders.len() {
-            self.peers.send(to as u16, Control::Shutdown);
-        }
+        self.peers.shutdown_all();
     }
 }
 
@@ -312,6 +305,9 @@ struct Shared<'a> {
     config: &'a Config,
     plan: IoPlan,
     slots: u32,
+    shard_limit: u32,
+    /// The effective global limit (`ringbeat_capacity`).
+    max_connections: u32,
     peers: &'a Arc<Peers>,
     events: &'a Option<EventSender>,
     stats: &'a Arc<Stats>,
@@ -322,15 +318,15 @@ struct Shared<'a> {
 fn spawn_shards(
     shared: &Shared<'_>,
     listeners: Vec<Vec<Socket>>,
-    receivers: Vec<Receiver<Control>>,
+    receivers: Vec<Receiver<ShardMsg>>,
 ) -> anyhow::Result<Vec<JoinHandle<std::io::Result<()>>>> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
     // Each shard builds its ring on its own thread (a single-issuer ring
     // belongs to the thread that made it) and reports here before serving.
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-    for (id, (listeners, control_rx)) in listeners.into_iter().zip(receivers).enumerate() {
-        let spec = shard_spec(shared, id as u16, listeners, control_rx)
+    for (id, (listeners, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+        let spec = shard_spec(shared, id as u16, listeners, inbox)
             .with_context(|| format!("cannot set up shard {id}"))?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let ready = ready_tx.clone();
@@ -351,9 +347,7 @@ fn spawn_shards(
             .recv()
             .context("a shard thread died while starting")?;
         if let Err(e) = result {
-            for tx in &shared.peers.senders {
-                let _ = tx.send(Control::Shutdown);
-            }
+            shared.peers.shutdown_all();
             anyhow::bail!("cannot set up shard {id}: io_uring: {e}");
         }
     }
@@ -364,7 +358,7 @@ fn shard_spec(
     shared: &Shared<'_>,
     id: u16,
     listeners: Vec<Socket>,
-    control_rx: Receiver<Control>,
+    inbox: Receiver<ShardMsg>,
 ) -> anyhow::Result<ShardSpec> {
     let config = shared.config;
     let ring_setup = RingSetup {
@@ -386,22 +380,24 @@ fn shard_spec(
             timing: Timing::from_config(config),
             max_payload: config.max_payload,
             probe: config.probe,
-            max_connections: config.max_connections,
+            max_connections: shared.max_connections,
+            shard_limit: shared.shard_limit,
             events,
+            multishot_recv: shared.plan.fast,
         },
         ConnTable::new(shared.slots, events, generation_base),
         StashPool::new((shared.slots / 4).max(64)),
         shared.live_total.clone(),
         shared.stats.for_shard(id),
     );
-    let wake_fd = shared.peers.wakers[usize::from(id)].as_raw_fd();
+    let wake_fd = shared.peers.wake_fd(id);
     Ok(ShardSpec {
         id,
         plan: shared.plan,
         engine,
         ring_setup,
         listeners,
-        control_rx,
+        inbox,
         wake_fd,
         peers: shared.peers.clone(),
         events: shared.events.clone(),

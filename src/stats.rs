@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::events::OfflineReason;
-use crate::protocol::Kind;
+use crate::protocol::{CloseReason, Kind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShardLabel {
@@ -57,6 +57,12 @@ pub struct Stats {
     pub recv_paused: Counter,
     pub io_errors: Counter,
     pub events_dropped: Gauge,
+    /// Connections the server can hold (the effective limit).
+    pub capacity: Gauge,
+    pub refused_overloaded: Counter,
+    pub sweeps_deferred: Counter,
+    pub evictions_deferred: Counter,
+    close_frames_unsent: Family<ReasonLabel, Counter>,
     /// Sweep durations in nanoseconds.
     sweep_ns: Mutex<Histogram<u64>>,
     /// How late each tick (and so each sweep) ran, in nanoseconds.
@@ -93,6 +99,11 @@ impl Stats {
             recv_paused: Counter::default(),
             io_errors: Counter::default(),
             events_dropped: Gauge::default(),
+            capacity: Gauge::default(),
+            refused_overloaded: Counter::default(),
+            sweeps_deferred: Counter::default(),
+            evictions_deferred: Counter::default(),
+            close_frames_unsent: Family::default(),
             sweep_ns: Mutex::new(histogram()),
             tick_lag_ns: Mutex::new(histogram()),
             rtt_us: Mutex::new(histogram()),
@@ -173,6 +184,31 @@ impl Stats {
             "Events dropped: consumer too slow",
             self.events_dropped.clone(),
         );
+        r.register(
+            "ringbeat_capacity",
+            "Connections the server can hold: the smaller of --max-connections and what the rings (or nofile) hold",
+            self.capacity.clone(),
+        );
+        r.register(
+            "ringbeat_overloaded_refusals",
+            "Connections answered CLOSE(OVERLOADED) at accept: over the connection limit",
+            self.refused_overloaded.clone(),
+        );
+        r.register(
+            "ringbeat_sweeps_deferred",
+            "Sweeps whose evictions were deferred: the shard ran late",
+            self.sweeps_deferred.clone(),
+        );
+        r.register(
+            "ringbeat_evictions_deferred",
+            "Evictions deferred one tick: input was waiting in the kernel",
+            self.evictions_deferred.clone(),
+        );
+        r.register(
+            "ringbeat_close_frames_unsent",
+            "CLOSE frames owed to a peer that could not be written (peer gone or not reading for the whole linger)",
+            self.close_frames_unsent.clone(),
+        );
     }
 
     /// Handles for shard `shard`, resolved once.
@@ -206,6 +242,16 @@ impl Stats {
             stash_exhausted: self.stash_exhausted.clone(),
             recv_paused: self.recv_paused.clone(),
             io_errors: self.io_errors.clone(),
+            refused_overloaded: self.refused_overloaded.clone(),
+            sweeps_deferred: self.sweeps_deferred.clone(),
+            evictions_deferred: self.evictions_deferred.clone(),
+            close_frames_unsent: CloseReason::ALL.map(|r| {
+                self.close_frames_unsent
+                    .get_or_create(&ReasonLabel {
+                        reason: r.name().into(),
+                    })
+                    .clone()
+            }),
             sweep_ns: histogram(),
             tick_lag_ns: histogram(),
             rtt_us: histogram(),
@@ -307,8 +353,8 @@ pub struct ShardStats {
     pub shard_connections: Gauge,
     pub accepted: Counter,
     pub evicted: Counter,
-    closed: [Counter; 9],
-    frames: [Counter; 6],
+    closed: [Counter; OfflineReason::ALL.len()],
+    frames: [Counter; Kind::ALL.len()],
     pub protocol_errors: Counter,
     pub probes_sent: Counter,
     pub recv_no_buffers: Counter,
@@ -316,6 +362,10 @@ pub struct ShardStats {
     pub stash_exhausted: Counter,
     pub recv_paused: Counter,
     pub io_errors: Counter,
+    pub refused_overloaded: Counter,
+    pub sweeps_deferred: Counter,
+    pub evictions_deferred: Counter,
+    close_frames_unsent: [Counter; CloseReason::ALL.len()],
     pub sweep_ns: Histogram<u64>,
     pub tick_lag_ns: Histogram<u64>,
     pub rtt_us: Histogram<u64>,
@@ -324,6 +374,13 @@ pub struct ShardStats {
 impl ShardStats {
     pub fn frame(&self, kind: Kind) {
         self.frames[kind as usize - 1].inc();
+    }
+
+    /// A CLOSE frame with `code` could not be written.
+    pub fn close_frame_unsent(&self, code: u16) {
+        if let Some(c) = self.close_frames_unsent.get(usize::from(code)) {
+            c.inc();
+        }
     }
 
     pub fn closed(&self, reason: OfflineReason) {

@@ -1,6 +1,9 @@
-//! PROTOCOL.md's rules against the sans-IO engine on a simulated clock: no
-//! sockets, no sleeps. Several engines with their registries stand in for
-//! shards, with the control plane delivered by the test (in any order).
+//! PROTOCOL.md's rules and the connection lifecycle against the sans-IO
+//! engine on a simulated clock: no sockets, no sleeps. A simulated kernel
+//! carries out the engine's commands exactly as the shard does (sends leave
+//! or stall, cancels complete, closes free the slot), so what these tests
+//! prove is what the real driver does. Several engines stand in for
+//! shards, with the mailbox delivered by the test (in any order).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU32;
@@ -8,55 +11,53 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use ringbeat::conn_table::{flag, ConnTable, State};
-use ringbeat::engine::{CloseCause, Engine, EngineConfig, Io};
+use ringbeat::engine::{CloseCause, Command, Engine, EngineConfig, CLOSE_LINGER_MS};
 use ringbeat::events::{Event, EventKind};
 use ringbeat::heartbeat::Timing;
+use ringbeat::mailbox::ShardMsg;
 use ringbeat::protocol::{self, CloseReason, Decoder, OwnedFrame};
-use ringbeat::registry::{Control, Registry};
-use ringbeat::send_pool::QueueError;
+use ringbeat::send_pool::{SendPool, GATHER_MAX};
 use ringbeat::stash::StashPool;
 use ringbeat::stats::Stats;
 
 const SLOTS: u32 = 64;
 const TICK_MS: u32 = 100;
 
-/// Records what the engine asked for.
-#[derive(Default)]
-struct FakeIo {
-    sent: HashMap<u32, Vec<u8>>,
-    /// (slot, abort_send) in order.
-    closed: Vec<(u32, bool)>,
-    control: VecDeque<(u16, Control)>,
+/// What the simulated kernel still owes the engine.
+#[derive(Debug)]
+enum Done {
+    Send {
+        slot: u32,
+        generation: u32,
+        bytes: Vec<u8>,
+        close_frame: bool,
+    },
+    RecvCancelled {
+        slot: u32,
+        generation: u32,
+    },
+    Closed {
+        slot: u32,
+        generation: u32,
+    },
+}
+
+/// One shard: its engine, its send pool and a simulated kernel.
+struct Sim {
+    e: Engine,
+    stats: Arc<Stats>,
+    sends: SendPool,
+    /// Bytes each slot's peer has received.
+    wire: HashMap<u32, Vec<u8>>,
+    /// Completions to hand in (sends wait here while `stalled`).
+    done: VecDeque<Done>,
+    /// Peers do not read: sends stay in flight.
+    stalled: bool,
+    /// Slots whose descriptor was closed, in order.
+    closed: Vec<u32>,
     events: Vec<Event>,
-    refuse_sends: bool,
-}
-
-impl Io for FakeIo {
-    fn send(&mut self, slot: u32, _head: &mut u32, bytes: &[u8]) -> Result<(), QueueError> {
-        if self.refuse_sends {
-            return Err(QueueError::SlowConsumer);
-        }
-        self.sent.entry(slot).or_default().extend_from_slice(bytes);
-        Ok(())
-    }
-    fn close(&mut self, slot: u32, _generation: u32, abort_send: bool) {
-        self.closed.push((slot, abort_send));
-    }
-    fn control(&mut self, to: u16, msg: Control) {
-        self.control.push_back((to, msg));
-    }
-    fn event(&mut self, event: Event) {
-        self.events.push(event);
-    }
-}
-
-impl FakeIo {
-    /// Frames sent to `slot` so far (and forgets them).
-    fn frames(&mut self, slot: u32) -> Vec<OwnedFrame> {
-        let mut d = Decoder::new(1 << 20);
-        d.feed(&self.sent.remove(&slot).unwrap_or_default());
-        std::iter::from_fn(|| d.next_frame().unwrap()).collect()
-    }
+    /// Messages for other shards: (to, msg).
+    outbox: VecDeque<(u16, ShardMsg)>,
 }
 
 fn timing(interval_ms: u32, timeout_ms: u32) -> Timing {
@@ -69,34 +70,246 @@ fn timing(interval_ms: u32, timeout_ms: u32) -> Timing {
     }
 }
 
-fn engine(shard: u16, shards: u16, timing: Timing, probe: bool, max: u32) -> Engine {
-    Engine::new(
-        EngineConfig {
-            shard,
-            shards,
-            timing,
-            max_payload: 1024,
-            probe,
-            max_connections: max,
-            events: true,
-        },
-        ConnTable::new(SLOTS, true, 1),
-        StashPool::new(16),
-        Arc::new(AtomicU32::new(0)),
-        Stats::new().for_shard(shard),
-    )
+impl Sim {
+    fn new(shard: u16, shards: u16, timing: Timing, probe: bool, max: u32) -> Sim {
+        Sim::with_pool(shard, shards, timing, probe, max, 256)
+    }
+
+    fn with_pool(
+        shard: u16,
+        shards: u16,
+        timing: Timing,
+        probe: bool,
+        max: u32,
+        chunks: u32,
+    ) -> Sim {
+        let stats = Arc::new(Stats::new());
+        let e = Engine::new(
+            EngineConfig {
+                shard,
+                shards,
+                timing,
+                max_payload: 1024,
+                probe,
+                max_connections: max,
+                shard_limit: SLOTS - 4,
+                events: true,
+                multishot_recv: true,
+            },
+            ConnTable::new(SLOTS, true, 1),
+            StashPool::new(16),
+            Arc::new(AtomicU32::new(0)),
+            stats.for_shard(shard),
+        );
+        Sim {
+            e,
+            stats,
+            sends: SendPool::new(chunks),
+            wire: HashMap::new(),
+            done: VecDeque::new(),
+            stalled: false,
+            closed: Vec::new(),
+            events: Vec::new(),
+            outbox: VecDeque::new(),
+        }
+    }
+
+    fn generation(&self, slot: u32) -> u32 {
+        self.e.table().generation[slot as usize]
+    }
+
+    fn state(&self, slot: u32) -> State {
+        self.e.table().state(slot)
+    }
+
+    fn at_tick(&mut self, tick: u32) {
+        self.e
+            .set_clock(tick, u64::from(tick) * u64::from(TICK_MS) * 1_000_000);
+    }
+
+    fn open(&mut self, slot: u32) {
+        self.e.on_open(slot, None, &mut self.sends);
+        self.settle();
+    }
+
+    fn recv(&mut self, slot: u32, bytes: &[u8]) {
+        let g = self.generation(slot);
+        self.e.on_recv_data(slot, g, bytes, &mut self.sends);
+        self.settle();
+    }
+
+    /// The armed receive ends with `result` (0 = EOF, or -errno).
+    fn recv_end(&mut self, slot: u32, result: i32) {
+        assert!(self.e.table().has(slot, flag::RECV_ARMED));
+        let g = self.generation(slot);
+        self.e.on_recv_end(slot, g, result, &mut self.sends);
+        self.settle();
+    }
+
+    fn close(&mut self, slot: u32, cause: CloseCause) {
+        self.e.close(slot, cause, &mut self.sends);
+        self.settle();
+    }
+
+    /// A tick that runs on time.
+    fn tick(&mut self, tick: u32) {
+        self.tick_late(tick, tick);
+    }
+
+    /// A tick due at `due` that runs at `now`.
+    fn tick_late(&mut self, now: u32, due: u32) {
+        self.at_tick(now);
+        self.e.on_tick(due, &mut self.sends);
+        self.settle();
+    }
+
+    fn shutdown(&mut self) {
+        self.e.shutdown(&mut self.sends);
+        self.settle();
+    }
+
+    /// Carries out commands and hands in completions until nothing moves.
+    fn settle(&mut self) {
+        loop {
+            let mut commands = Vec::new();
+            self.e.take_commands(&mut commands, &mut self.sends);
+            let moved = !commands.is_empty();
+            for c in commands {
+                self.carry_out(c);
+            }
+            if !moved && !self.complete_one() {
+                return;
+            }
+        }
+    }
+
+    fn carry_out(&mut self, c: Command) {
+        match c {
+            Command::ArmRecv { .. } => {}
+            Command::Send {
+                slot,
+                generation,
+                head,
+            } => {
+                let mut pieces = [(0, 0); GATHER_MAX];
+                let n = self.sends.start_send(head, &mut pieces);
+                let arena = self.sends.arena();
+                let bytes = pieces[..n]
+                    .iter()
+                    .flat_map(|&(at, len)| arena[at..at + len].to_vec())
+                    .collect();
+                self.done.push_back(Done::Send {
+                    slot,
+                    generation,
+                    bytes,
+                    close_frame: false,
+                });
+            }
+            Command::SendClose {
+                slot,
+                generation,
+                bytes,
+            } => self.done.push_back(Done::Send {
+                slot,
+                generation,
+                bytes: bytes.to_vec(),
+                close_frame: true,
+            }),
+            Command::CancelRecv { slot, generation } => self
+                .done
+                .push_back(Done::RecvCancelled { slot, generation }),
+            Command::CancelSend {
+                slot, generation, ..
+            } => self.cancel_send(slot, generation),
+            Command::CloseFd { slot, generation } => {
+                self.done.push_back(Done::Closed { slot, generation })
+            }
+            Command::Message { to, msg } if to == self.e.config().shard => self.deliver(msg),
+            Command::Message { to, msg } => self.outbox.push_back((to, msg)),
+            Command::Event(ev) => self.events.push(ev),
+        }
+    }
+
+    fn cancel_send(&mut self, slot: u32, generation: u32) {
+        let at = self.done.iter().position(|d| {
+            matches!(d, Done::Send { slot: s, generation: g, .. } if *s == slot && *g == generation)
+        });
+        if let Some(Done::Send { close_frame, .. }) = at.and_then(|i| self.done.remove(i)) {
+            let r = -libc::ECANCELED;
+            self.e
+                .on_send_done(slot, generation, r, close_frame, &mut self.sends);
+        }
+    }
+
+    fn deliver(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Home(m) => self.e.on_home(m),
+            ShardMsg::Holder(m) => self.e.on_holder(m, &mut self.sends),
+            ShardMsg::Shutdown => self.e.shutdown(&mut self.sends),
+        }
+    }
+
+    /// Hands in the oldest completion that can happen now.
+    fn complete_one(&mut self) -> bool {
+        let ready = self
+            .done
+            .iter()
+            .position(|d| !(self.stalled && matches!(d, Done::Send { .. })));
+        let Some(d) = ready.and_then(|i| self.done.remove(i)) else {
+            return false;
+        };
+        match d {
+            Done::Send {
+                slot,
+                generation,
+                bytes,
+                close_frame,
+            } => {
+                self.wire.entry(slot).or_default().extend_from_slice(&bytes);
+                let n = bytes.len() as i32;
+                self.e
+                    .on_send_done(slot, generation, n, close_frame, &mut self.sends);
+            }
+            Done::RecvCancelled { slot, generation } => {
+                self.e
+                    .on_recv_end(slot, generation, -libc::ECANCELED, &mut self.sends)
+            }
+            Done::Closed { slot, generation } => {
+                self.closed.push(slot);
+                self.e.on_closed(slot, generation);
+            }
+        }
+        true
+    }
+
+    /// The peer starts reading again.
+    fn unstall(&mut self) {
+        self.stalled = false;
+        self.settle();
+    }
+
+    /// Frames `slot`'s peer received so far (and forgets them).
+    fn frames(&mut self, slot: u32) -> Vec<OwnedFrame> {
+        let mut d = Decoder::new(1 << 20);
+        d.feed(&self.wire.remove(&slot).unwrap_or_default());
+        std::iter::from_fn(|| d.next_frame().unwrap()).collect()
+    }
+
+    fn metric(&self, series: &str) -> u64 {
+        self.stats
+            .render()
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse::<f64>().ok())?
+            })
+            .map_or(0, |v| v as u64)
+    }
 }
 
 /// One shard on a 10 s / 30 s timing.
-fn one() -> (Engine, FakeIo) {
-    (
-        engine(0, 1, timing(10_000, 30_000), false, 1000),
-        FakeIo::default(),
-    )
-}
-
-fn at_tick(e: &mut Engine, tick: u32) {
-    e.set_clock(tick, u64::from(tick) * u64::from(TICK_MS) * 1_000_000);
+fn one() -> Sim {
+    Sim::new(0, 1, timing(10_000, 30_000), false, 1000)
 }
 
 fn close_reason(frames: &[OwnedFrame]) -> Option<u16> {
@@ -108,28 +321,28 @@ fn close_reason(frames: &[OwnedFrame]) -> Option<u16> {
 
 #[test]
 fn hello_is_optional_a_ping_first_is_answered() {
-    let (mut e, mut io) = one();
-    e.on_open(0, None, &mut io);
-    e.on_recv(0, &protocol::ping_frame([5; 8]), &mut io);
-    assert_eq!(io.frames(0), [OwnedFrame::Pong([5; 8])]);
-    assert_eq!(io.events[0].event, EventKind::Online);
+    let mut s = one();
+    s.open(0);
+    s.recv(0, &protocol::ping_frame([5; 8]));
+    assert_eq!(s.frames(0), [OwnedFrame::Pong([5; 8])]);
+    assert_eq!(s.events[0].event, EventKind::Online);
 }
 
 #[test]
 fn hello_must_be_first_and_only_once() {
-    let (mut e, mut io) = one();
-    e.on_open(0, None, &mut io);
-    e.on_recv(0, &protocol::ping_frame([0; 8]), &mut io);
-    e.on_recv(0, &protocol::hello_frame(0, 0), &mut io);
+    let mut s = one();
+    s.open(0);
+    s.recv(0, &protocol::ping_frame([0; 8]));
+    s.recv(0, &protocol::hello_frame(0, 0));
     assert_eq!(
-        close_reason(&io.frames(0)),
+        close_reason(&s.frames(0)),
         Some(CloseReason::ProtocolError.code())
     );
 
-    e.on_open(1, None, &mut io);
-    e.on_recv(1, &protocol::hello_frame(0, 0), &mut io);
-    e.on_recv(1, &protocol::hello_frame(0, 0), &mut io);
-    let frames = io.frames(1);
+    s.open(1);
+    s.recv(1, &protocol::hello_frame(0, 0));
+    s.recv(1, &protocol::hello_frame(0, 0));
+    let frames = s.frames(1);
     assert!(matches!(frames[0], OwnedFrame::Welcome { .. }));
     assert_eq!(
         close_reason(&frames),
@@ -139,14 +352,14 @@ fn hello_must_be_first_and_only_once() {
 
 #[test]
 fn replies_keep_the_order_of_the_frames_they_answer() {
-    let (mut e, mut io) = one();
-    e.on_open(0, None, &mut io);
+    let mut s = one();
+    s.open(0);
     let mut bytes = protocol::hello_frame(0, 2_000).to_vec();
     for i in 0..5u64 {
         bytes.extend(protocol::ping_frame(i.to_be_bytes()));
     }
-    e.on_recv(0, &bytes, &mut io);
-    let frames = io.frames(0);
+    s.recv(0, &bytes);
+    let frames = s.frames(0);
     assert!(matches!(
         frames[0],
         OwnedFrame::Welcome {
@@ -163,27 +376,26 @@ fn replies_keep_the_order_of_the_frames_they_answer() {
 
 #[test]
 fn partial_frames_do_not_refresh_liveness() {
-    let (mut e, mut io) = one();
-    at_tick(&mut e, 0);
-    e.on_open(0, None, &mut io);
-    e.on_open(1, None, &mut io);
-    at_tick(&mut e, 250);
+    let mut s = one();
+    s.at_tick(0);
+    s.open(0);
+    s.open(1);
+    s.at_tick(250);
     let ping = protocol::ping_frame([1; 8]);
-    e.on_recv(0, &ping[..12], &mut io); // partial
-    e.on_recv(1, &ping, &mut io); // complete
-    at_tick(&mut e, 301);
-    e.on_tick(&mut io);
-    assert_eq!(io.closed, [(0, false)], "only the partial one is evicted");
+    s.recv(0, &ping[..12]); // partial
+    s.recv(1, &ping); // complete
+    s.tick(301);
+    assert_eq!(s.closed, [0], "only the partial one is evicted");
     assert_eq!(
-        close_reason(&io.frames(0)),
+        close_reason(&s.frames(0)),
         Some(CloseReason::Timeout.code())
     );
 }
 
 #[test]
 fn every_kind_of_complete_frame_refreshes_liveness() {
-    let (mut e, mut io) = one();
-    at_tick(&mut e, 0);
+    let mut s = one();
+    s.at_tick(0);
     let frames: [Vec<u8>; 4] = [
         protocol::ping_frame([0; 8]).to_vec(),
         protocol::pong_frame([0; 8]).to_vec(),
@@ -191,30 +403,27 @@ fn every_kind_of_complete_frame_refreshes_liveness() {
         protocol::hello_frame(0, 0).to_vec(),
     ];
     for (slot, _) in frames.iter().enumerate() {
-        e.on_open(slot as u32, None, &mut io);
+        s.open(slot as u32);
     }
-    at_tick(&mut e, 250);
+    s.at_tick(250);
     for (slot, f) in frames.iter().enumerate() {
-        e.on_recv(slot as u32, f, &mut io);
+        s.recv(slot as u32, f);
     }
-    at_tick(&mut e, 549);
-    e.on_tick(&mut io);
-    assert!(io.closed.is_empty(), "{:?}", io.closed);
+    s.tick(549);
+    assert!(s.closed.is_empty(), "{:?}", s.closed);
 }
 
 #[test]
 fn evicted_with_close_timeout_sent_before_the_close() {
-    let (mut e, mut io) = one();
-    at_tick(&mut e, 0);
-    e.on_open(3, None, &mut io);
-    at_tick(&mut e, 300);
-    e.on_tick(&mut io);
-    assert!(io.closed.is_empty(), "never at exactly the timeout");
-    at_tick(&mut e, 301);
-    e.on_tick(&mut io);
-    assert_eq!(io.closed, [(3, false)]);
+    let mut s = one();
+    s.at_tick(0);
+    s.open(3);
+    s.tick(300);
+    assert!(s.closed.is_empty(), "never at exactly the timeout");
+    s.tick(301);
+    assert_eq!(s.closed, [3]);
     assert_eq!(
-        close_reason(&io.frames(3)),
+        close_reason(&s.frames(3)),
         Some(CloseReason::Timeout.code())
     );
 }
@@ -231,18 +440,16 @@ proptest! {
     ) {
         let tick_ns = u64::from(TICK_MS) * 1_000_000;
         let timeout_ms = timeout_ticks * TICK_MS;
-        let mut e = engine(0, 1, timing(timeout_ms / 2, timeout_ms), false, 10);
-        let mut io = FakeIo::default();
-        e.set_clock(0, 0);
-        e.on_open(0, None, &mut io);
-        e.set_clock((frame_ns / tick_ns) as u32, frame_ns);
-        e.on_recv(0, &protocol::ping_frame([0; 8]), &mut io);
+        let mut s = Sim::new(0, 1, timing(timeout_ms / 2, timeout_ms), false, 10);
+        s.at_tick(0);
+        s.open(0);
+        s.e.set_clock((frame_ns / tick_ns) as u32, frame_ns);
+        s.recv(0, &protocol::ping_frame([0; 8]));
         let mut tick = (frame_ns / tick_ns) as u32 + 1;
         let evicted_ns = loop {
             let now_ns = u64::from(tick) * tick_ns;
-            e.set_clock(tick, now_ns);
-            e.on_tick(&mut io);
-            if !io.closed.is_empty() {
+            s.tick(tick);
+            if !s.closed.is_empty() {
                 break now_ns;
             }
             tick += 1;
@@ -255,56 +462,49 @@ proptest! {
 
 #[test]
 fn probes_keep_a_pong_only_client_alive() {
-    let mut e = engine(0, 1, timing(1_000, 3_000), true, 10);
-    let mut io = FakeIo::default();
-    at_tick(&mut e, 0);
-    e.on_open(0, None, &mut io);
-    e.on_recv(0, &protocol::hello_frame(0, 0), &mut io);
-    io.frames(0);
+    let mut s = Sim::new(0, 1, timing(1_000, 3_000), true, 10);
+    s.at_tick(0);
+    s.open(0);
+    s.recv(0, &protocol::hello_frame(0, 0));
+    s.frames(0);
     let mut probes = 0;
     for tick in 1..=200 {
-        at_tick(&mut e, tick);
-        e.on_tick(&mut io);
-        for f in io.frames(0) {
+        s.tick(tick);
+        for f in s.frames(0) {
             if let OwnedFrame::Ping(p) = f {
                 probes += 1;
-                e.on_recv(0, &protocol::pong_frame(p), &mut io);
+                s.recv(0, &protocol::pong_frame(p));
             }
         }
     }
-    assert!(io.closed.is_empty(), "a client answering probes stays");
+    assert!(s.closed.is_empty(), "a client answering probes stays");
     assert!(probes >= 15, "one probe per quiet interval: {probes}");
 }
 
 #[test]
 fn without_probes_a_silent_client_gets_no_ping() {
-    let (mut e, mut io) = one();
-    at_tick(&mut e, 0);
-    e.on_open(0, None, &mut io);
+    let mut s = one();
+    s.at_tick(0);
+    s.open(0);
     for tick in 1..=300 {
-        at_tick(&mut e, tick);
-        e.on_tick(&mut io);
+        s.tick(tick);
     }
-    assert!(io.frames(0).is_empty());
+    assert!(s.frames(0).is_empty());
 }
 
 #[test]
 fn a_peer_close_is_not_answered_with_close() {
-    let (mut e, mut io) = one();
-    e.on_open(0, None, &mut io);
-    e.on_recv(
-        0,
-        &protocol::close_frame(CloseReason::Normal, "bye"),
-        &mut io,
-    );
-    assert_eq!(io.closed.len(), 1);
-    assert!(io.frames(0).is_empty());
-    assert!(e.table.has(0, flag::PEER_DONE));
+    let mut s = one();
+    s.open(0);
+    s.recv(0, &protocol::close_frame(CloseReason::Normal, "bye"));
+    assert_eq!(s.closed, [0]);
+    assert!(s.frames(0).is_empty());
+    assert_eq!(s.state(0), State::Free);
 }
 
 #[test]
 fn every_server_close_carries_its_reason() {
-    let (mut e, mut io) = one();
+    let mut s = one();
     let cases = [
         (CloseCause::Server(CloseReason::Shutdown), Some(5)),
         (CloseCause::Server(CloseReason::TakenOver), Some(4)),
@@ -314,35 +514,47 @@ fn every_server_close_carries_its_reason() {
     ];
     for (slot, (cause, want)) in cases.into_iter().enumerate() {
         let slot = slot as u32;
-        e.on_open(slot, None, &mut io);
-        e.close(slot, cause, &mut io);
-        assert_eq!(close_reason(&io.frames(slot)), want, "{cause:?}");
+        s.open(slot);
+        s.close(slot, cause);
+        assert_eq!(close_reason(&s.frames(slot)), want, "{cause:?}");
     }
 }
 
 #[test]
 fn over_the_connection_limit_gets_overloaded() {
-    let mut e = engine(0, 1, timing(10_000, 30_000), false, 2);
-    let mut io = FakeIo::default();
+    let mut s = Sim::new(0, 1, timing(10_000, 30_000), false, 2);
     for slot in 0..3 {
-        e.on_open(slot, None, &mut io);
+        s.open(slot);
     }
-    assert_eq!(io.closed, [(2, false)]);
+    assert_eq!(s.closed, [2]);
     assert_eq!(
-        close_reason(&io.frames(2)),
+        close_reason(&s.frames(2)),
         Some(CloseReason::Overloaded.code())
     );
 }
 
 #[test]
-fn a_peer_that_does_not_read_is_closed_without_a_close_frame() {
-    let (mut e, mut io) = one();
-    e.on_open(0, None, &mut io);
-    e.on_recv(0, &protocol::ping_frame([0; 8]), &mut io);
-    io.refuse_sends = true;
-    e.on_recv(0, &protocol::ping_frame([0; 8]), &mut io);
-    assert_eq!(io.closed, [(0, true)], "closed, queued bytes aborted");
-    let kinds: Vec<_> = io.events.iter().map(|ev| (ev.event, ev.reason)).collect();
+fn a_peer_that_does_not_read_is_paused_then_closed_without_waiting_the_linger() {
+    let mut s = Sim::new(0, 1, timing(1_000, 3_000), false, 10);
+    s.at_tick(0);
+    s.open(0);
+    s.recv(0, &protocol::ping_frame([0; 8]));
+    s.stalled = true;
+    let flood: Vec<u8> = (0..2_000u64)
+        .flat_map(|i| protocol::ping_frame(i.to_be_bytes()))
+        .collect();
+    for piece in flood.chunks(2048) {
+        s.recv(0, piece);
+    }
+    assert_eq!(s.state(0), State::Open, "paused, not closed yet");
+    assert_eq!(s.metric("ringbeat_recv_paused_total"), 1);
+    s.tick(11); // paused for more than one interval
+    assert_eq!(
+        s.closed,
+        [0],
+        "closed at once: queued bytes aborted, no linger"
+    );
+    let kinds: Vec<_> = s.events.iter().map(|ev| (ev.event, ev.reason)).collect();
     assert_eq!(
         kinds,
         [
@@ -350,75 +562,76 @@ fn a_peer_that_does_not_read_is_closed_without_a_close_frame() {
             (EventKind::Offline, Some("overloaded"))
         ]
     );
+    s.unstall();
+    assert_eq!(
+        close_reason(&s.frames(0)),
+        None,
+        "no CLOSE to a peer that does not read"
+    );
+    assert_eq!(s.sends.in_use(), 0, "every chunk back in the pool");
 }
 
 #[test]
 fn a_connection_closed_by_its_first_reply_never_goes_online() {
-    let (mut e, mut io) = one();
-    e.on_open(0, None, &mut io);
-    io.refuse_sends = true;
-    e.on_recv(0, &protocol::ping_frame([0; 8]), &mut io);
-    assert_eq!(io.closed, [(0, true)]);
-    assert!(
-        io.events.is_empty(),
-        "no online without its offline: {:?}",
-        io.events
+    // One chunk in the pool, held by a stalled peer's PONG: the next reply
+    // cannot be queued. That connection still gets its CLOSE frame.
+    let mut s = Sim::with_pool(0, 1, timing(10_000, 30_000), false, 10, 1);
+    s.open(1);
+    s.stalled = true;
+    s.recv(1, &protocol::ping_frame([1; 8]));
+    s.open(0);
+    s.recv(0, &protocol::ping_frame([0; 8]));
+    assert_eq!(s.metric("ringbeat_send_pool_exhausted_total"), 1);
+    assert_eq!(s.events.len(), 1, "only slot 1 went online: {:?}", s.events);
+    s.unstall();
+    assert_eq!(s.closed, [0]);
+    assert_eq!(
+        close_reason(&s.frames(0)),
+        Some(CloseReason::Overloaded.code())
     );
 }
 
 #[test]
 fn shutdown_closes_everyone_with_shutdown() {
-    let (mut e, mut io) = one();
+    let mut s = one();
     for slot in 0..5 {
-        e.on_open(slot, None, &mut io);
+        s.open(slot);
     }
-    e.shutdown(&mut io);
+    s.shutdown();
     for slot in 0..5 {
         assert_eq!(
-            close_reason(&io.frames(slot)),
+            close_reason(&s.frames(slot)),
             Some(CloseReason::Shutdown.code())
         );
     }
-    assert_eq!(io.closed.len(), 5);
+    assert_eq!(s.closed.len(), 5);
 }
 
-/// Several shards and their registries; the test delivers control messages.
+/// Several shards; the test delivers their mailbox messages.
 struct Cluster {
-    shards: Vec<(Engine, Registry, FakeIo)>,
+    shards: Vec<Sim>,
 }
 
 impl Cluster {
     fn new(n: u16) -> Cluster {
         let shards = (0..n)
-            .map(|id| {
-                (
-                    engine(id, n, timing(10_000, 30_000), false, 1000),
-                    Registry::default(),
-                    FakeIo::default(),
-                )
-            })
+            .map(|id| Sim::new(id, n, timing(10_000, 30_000), false, 1000))
             .collect();
         Cluster { shards }
     }
 
     fn pending(&self) -> usize {
-        self.shards.iter().map(|s| s.2.control.len()).sum()
+        self.shards.iter().map(|s| s.outbox.len()).sum()
     }
 
     /// Delivers the oldest message queued by shard `from`, if any.
     fn deliver_from(&mut self, from: usize) {
-        let Some((to, msg)) = self.shards[from].2.control.pop_front() else {
+        let Some((to, msg)) = self.shards[from].outbox.pop_front() else {
             return;
         };
-        let (engine, registry, io) = &mut self.shards[usize::from(to)];
-        match msg {
-            Control::Claim { client_id, holder } => {
-                let routed = registry.claim(client_id, holder);
-                io.control.push_back(routed);
-            }
-            Control::Release { client_id, holder } => registry.release(client_id, holder),
-            msg => engine.on_control(msg, io),
-        }
+        let target = &mut self.shards[usize::from(to)];
+        target.deliver(msg);
+        target.settle();
     }
 
     fn deliver_all(&mut self) {
@@ -432,10 +645,11 @@ impl Cluster {
     /// Open connections that were welcomed, per client_id.
     fn welcomed_holders(&self) -> HashMap<u64, usize> {
         let mut count = HashMap::new();
-        for (e, _, _) in &self.shards {
+        for s in &self.shards {
+            let t = s.e.table();
             for slot in 0..SLOTS {
-                if e.table.state(slot) == State::Open && e.table.has(slot, flag::ONLINE) {
-                    let id = e.table.client_id[slot as usize];
+                if t.state(slot) == State::Open && t.has(slot, flag::ONLINE) {
+                    let id = t.client_id[slot as usize];
                     if id != 0 {
                         *count.entry(id).or_default() += 1;
                     }
@@ -449,24 +663,22 @@ impl Cluster {
 #[test]
 fn takeover_across_shards_closes_the_older_with_taken_over() {
     let mut c = Cluster::new(2);
-    let (e, _, io) = &mut c.shards[0];
-    e.on_open(0, None, io);
-    e.on_recv(0, &protocol::hello_frame(9, 0), io);
+    c.shards[0].open(0);
+    c.shards[0].recv(0, &protocol::hello_frame(9, 0));
     c.deliver_all();
     assert!(matches!(
-        c.shards[0].2.frames(0)[..],
+        c.shards[0].frames(0)[..],
         [OwnedFrame::Welcome { .. }]
     ));
-    let (e, _, io) = &mut c.shards[1];
-    e.on_open(5, None, io);
-    e.on_recv(5, &protocol::hello_frame(9, 0), io);
+    c.shards[1].open(5);
+    c.shards[1].recv(5, &protocol::hello_frame(9, 0));
     c.deliver_all();
     assert_eq!(
-        close_reason(&c.shards[0].2.frames(0)),
+        close_reason(&c.shards[0].frames(0)),
         Some(CloseReason::TakenOver.code())
     );
     assert!(matches!(
-        c.shards[1].2.frames(5)[..],
+        c.shards[1].frames(5)[..],
         [OwnedFrame::Welcome { .. }]
     ));
 }
@@ -475,12 +687,11 @@ fn takeover_across_shards_closes_the_older_with_taken_over() {
 fn anonymous_clients_never_take_each_other_over() {
     let mut c = Cluster::new(2);
     for slot in 0..3 {
-        let (e, _, io) = &mut c.shards[0];
-        e.on_open(slot, None, io);
-        e.on_recv(slot, &protocol::hello_frame(0, 0), io);
+        c.shards[0].open(slot);
+        c.shards[0].recv(slot, &protocol::hello_frame(0, 0));
     }
     c.deliver_all();
-    assert!(c.shards[0].2.closed.is_empty());
+    assert!(c.shards[0].closed.is_empty());
 }
 
 #[derive(Clone, Debug)]
@@ -514,20 +725,18 @@ proptest! {
         for s in steps {
             match s {
                 Step::Hello { shard, slot, id } => {
-                    let (e, _, io) = &mut c.shards[shard];
-                    if e.table.state(slot) == State::Free {
-                        e.on_open(slot, None, io);
-                        e.on_recv(slot, &protocol::hello_frame(id, 0), io);
+                    let s = &mut c.shards[shard];
+                    if s.state(slot) == State::Free {
+                        s.open(slot);
+                        s.recv(slot, &protocol::hello_frame(id, 0));
                     }
                 }
                 Step::Gone { shard, slot } => {
-                    let (e, _, io) = &mut c.shards[shard];
-                    if e.table.state(slot) == State::Open {
-                        e.close(slot, CloseCause::PeerGone, io);
+                    let s = &mut c.shards[shard];
+                    if s.state(slot) == State::Open {
+                        s.recv_end(slot, 0);
                     }
-                    if e.table.state(slot) == State::Closing {
-                        e.on_closed(slot);
-                    }
+                    prop_assert_eq!(s.state(slot), State::Free, "EOF closes at once");
                 }
                 Step::Deliver { shard } => c.deliver_from(shard),
             }
@@ -536,4 +745,164 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn shutdown_delivers_every_close_frame_with_an_exhausted_send_pool() {
+    // A one-chunk pool: CLOSE frames must not need it.
+    let mut s = Sim::with_pool(0, 1, timing(10_000, 30_000), false, 100, 1);
+    for slot in 0..40 {
+        s.open(slot);
+    }
+    s.stalled = true;
+    s.recv(0, &protocol::ping_frame([0; 8])); // holds the only chunk
+    s.shutdown();
+    s.unstall();
+    for slot in 0..40 {
+        assert_eq!(
+            close_reason(&s.frames(slot)),
+            Some(CloseReason::Shutdown.code()),
+            "slot {slot}"
+        );
+    }
+    assert_eq!(s.closed.len(), 40);
+    assert_eq!(s.e.table().open_count(), 0);
+    assert_eq!(
+        s.metric("ringbeat_close_frames_unsent_total{reason=\"shutdown\"}"),
+        0
+    );
+}
+
+#[test]
+fn a_close_frame_waits_for_the_linger_then_is_abandoned_and_counted() {
+    let mut s = one();
+    s.at_tick(0);
+    s.open(0);
+    s.stalled = true; // the peer stops reading
+    s.tick(301);
+    assert_eq!(s.state(0), State::Closing, "the CLOSE frame is still owed");
+    let linger_ticks = CLOSE_LINGER_MS / TICK_MS;
+    s.tick(301 + linger_ticks - 1);
+    assert!(s.closed.is_empty(), "not before the linger");
+    s.tick(301 + linger_ticks);
+    assert_eq!(s.closed, [0], "closed at the linger");
+    assert_eq!(
+        s.metric("ringbeat_close_frames_unsent_total{reason=\"timeout\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_reset_peer_is_closed_at_once_without_a_close_frame() {
+    let mut s = one();
+    s.open(0);
+    s.stalled = true;
+    s.recv(0, &protocol::ping_frame([0; 8])); // a PONG in flight
+    s.recv_end(0, -libc::ECONNRESET);
+    assert_eq!(
+        s.closed,
+        [0],
+        "queued bytes aborted: no wait for the linger"
+    );
+    assert_eq!(s.sends.in_use(), 0);
+    assert_eq!(s.metric("ringbeat_closed_total{reason=\"reset\"}"), 1);
+}
+
+#[test]
+fn every_close_emits_exactly_one_offline_for_an_online_connection() {
+    let mut s = one();
+    for slot in 0..6 {
+        s.open(slot);
+        s.recv(slot, &protocol::ping_frame([0; 8]));
+    }
+    s.recv_end(0, 0);
+    s.recv_end(1, -libc::ECONNRESET);
+    s.close(2, CloseCause::Server(CloseReason::Timeout));
+    s.close(3, CloseCause::SlowConsumer);
+    s.recv(4, &protocol::close_frame(CloseReason::Normal, ""));
+    s.shutdown();
+    s.close(0, CloseCause::Reset); // already closed: nothing more
+    let offline: Vec<_> = s
+        .events
+        .iter()
+        .filter(|e| e.event == EventKind::Offline)
+        .map(|e| e.reason.unwrap())
+        .collect();
+    assert_eq!(
+        offline,
+        [
+            "closed",
+            "reset",
+            "timeout",
+            "overloaded",
+            "normal",
+            "shutdown"
+        ]
+    );
+}
+
+#[test]
+fn a_late_sweep_defers_its_evictions_and_counts_it() {
+    let mut s = one();
+    s.at_tick(0);
+    s.open(0);
+    // The tick due at 301 runs 3 s late (the shard was stalled).
+    s.tick_late(331, 301);
+    assert_eq!(s.state(0), State::Open, "no eviction right after a stall");
+    assert_eq!(s.metric("ringbeat_sweeps_deferred_total"), 1);
+    s.tick(332);
+    assert_eq!(s.closed, [0], "evicted by the next on-time sweep");
+}
+
+#[test]
+fn a_shard_always_late_still_evicts_after_bounded_deferrals() {
+    let mut s = one();
+    s.at_tick(0);
+    s.open(0);
+    let mut tick = 301;
+    while s.closed.is_empty() {
+        assert!(tick < 301 + 100 * 20, "never evicted");
+        s.tick_late(tick + 20, tick);
+        tick += 21;
+    }
+    assert_eq!(
+        s.metric("ringbeat_sweeps_deferred_total"),
+        u64::from(ringbeat::engine::SWEEP_DEFER_MAX)
+    );
+}
+
+#[test]
+fn a_receive_starved_of_buffers_is_not_evicted_while_its_input_waits() {
+    let mut s = one();
+    s.at_tick(0);
+    s.open(0);
+    s.recv_end(0, -libc::ENOBUFS); // data arrived, no buffer for it
+    s.tick(301); // re-arms the receive, then sweeps
+    assert_eq!(
+        s.state(0),
+        State::Open,
+        "its frames are still in the kernel"
+    );
+    assert!(s.e.table().has(0, flag::RECV_ARMED), "re-armed");
+    assert_eq!(s.metric("ringbeat_evictions_deferred_total"), 1);
+    s.recv(0, &protocol::ping_frame([0; 8])); // the waiting PING
+    s.tick(302);
+    assert_eq!(s.state(0), State::Open, "refreshed by the PING");
+    s.tick(603);
+    assert_eq!(s.closed, [0], "evicted once really silent");
+}
+
+#[test]
+fn past_the_shard_limit_new_connections_get_overloaded() {
+    let mut s = Sim::new(0, 1, timing(10_000, 30_000), false, 1000);
+    let limit = s.e.config().shard_limit;
+    for slot in 0..=limit {
+        s.open(slot);
+    }
+    assert_eq!(s.closed, [limit]);
+    assert_eq!(
+        close_reason(&s.frames(limit)),
+        Some(CloseReason::Overloaded.code())
+    );
+    assert_eq!(s.metric("ringbeat_overloaded_refusals_total"), 1);
 }
