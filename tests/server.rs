@@ -352,6 +352,13 @@ fn a_peer_that_never_reads_is_closed_as_overloaded() {
         }
         let series = r#"ringbeat_closed_total{reason="overloaded"}"#;
         assert_eq!(wait_metric(server.stats(), series, 1), 1);
+        let decided = Instant::now();
+        // Its queued bytes are dropped (abort), not flushed for the 2 s
+        // linger: the slot is free well before.
+        while metric(server.stats(), "ringbeat_connections") > 1 {
+            assert!(decided.elapsed() < Duration::from_secs(1), "slot held");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(metric(server.stats(), "ringbeat_recv_paused_total") >= 1);
         bystander.ping(5);
         bystander.expect_pong(5);
