@@ -317,6 +317,8 @@ impl Engine {
             }
             0 => self.close(slot, CloseCause::PeerGone, sends),
             r if r == -libc::ECONNRESET => self.close(slot, CloseCause::Reset, sends),
+            // After the peer's FIN a reset reads as EPIPE: it had closed.
+            r if r == -libc::EPIPE => self.close(slot, CloseCause::PeerGone, sends),
             r => {
                 self.stats.io_errors.inc();
                 tracing::debug!(slot, errno = -r, "recv failed");

@@ -906,3 +906,22 @@ fn past_the_shard_limit_new_connections_get_overloaded() {
     );
     assert_eq!(s.metric("ringbeat_overloaded_refusals_total"), 1);
 }
+
+#[test]
+fn a_half_closed_peer_that_then_goes_is_closed_not_reset() {
+    let mut s = one();
+    s.open(0);
+    s.stalled = true;
+    s.recv(0, &protocol::ping_frame([0; 8])); // a PONG in flight
+                                              // FIN then RST: the kernel fails the send with EPIPE, before the
+                                              // receive reports the EOF.
+    let g = s.generation(0);
+    let Some(Done::Send { close_frame, .. }) = s.done.pop_front() else {
+        panic!("a send in flight")
+    };
+    s.e.on_send_done(0, g, -libc::EPIPE, close_frame, &mut s.sends);
+    s.settle();
+    assert_eq!(s.closed, [0]);
+    assert_eq!(s.metric(r#"ringbeat_closed_total{reason="closed"}"#), 1);
+    assert_eq!(s.metric(r#"ringbeat_closed_total{reason="reset"}"#), 0);
+}

@@ -453,3 +453,37 @@ fn events_report_online_and_offline() {
         stop(server);
     });
 }
+
+#[test]
+fn a_half_close_is_reported_as_closed_not_reset() {
+    use ringbeat::events::EventKind;
+    each_mode(|mode| {
+        let config = ringbeat::config::Config::resolve(args(mode)).unwrap();
+        let (server, events) = ringbeat::server::Server::start_with_events(config).unwrap();
+        let addr = server.local_addrs()[0];
+        const N: usize = 2_000;
+        for i in 0..N as u64 {
+            let mut peer = Peer::connect(addr);
+            peer.ping(i);
+            if i % 2 == 0 {
+                // Half-close, read to the end.
+                peer.expect_pong(i);
+                peer.stream.shutdown(Shutdown::Write).unwrap();
+                peer.expect_end();
+            } else {
+                // Half-close and go at once, the PONG maybe unread (the
+                // kernel may then answer it with a reset).
+                peer.stream.shutdown(Shutdown::Write).unwrap();
+            }
+        }
+        let mut reasons = std::collections::HashMap::new();
+        for _ in 0..2 * N {
+            let ev = events.recv_timeout(common::SLACK).expect("event");
+            if ev.event == EventKind::Offline {
+                *reasons.entry(ev.reason.unwrap()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(reasons.get("closed"), Some(&N), "{mode:?}: {reasons:?}");
+        stop(server);
+    });
+}

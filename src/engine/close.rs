@@ -164,7 +164,10 @@ impl Engine {
         }
         self.table.set(slot, flag::PEER_DONE);
         let cause = match -errno {
-            libc::ECONNRESET | libc::EPIPE => CloseCause::Reset,
+            libc::ECONNRESET => CloseCause::Reset,
+            // The peer half-closed (FIN: CLOSE_WAIT) and then went; the
+            // kernel reports that as EPIPE, and it is a close, not a reset.
+            libc::EPIPE => CloseCause::PeerGone,
             // Our own cancel (linger over, or the peer went first).
             libc::ECANCELED => CloseCause::PeerGone,
             e => {
