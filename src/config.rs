@@ -18,6 +18,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
+/// Default takeovers of one client_id per minute (after a burst of 10).
+pub const DEFAULT_TAKEOVERS_PER_MIN: u32 = 60;
 /// Default `max_connections`: a million and then some.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1 << 20;
 /// Smallest and largest tick. Below 1 ms the sweep is no longer coarse.
@@ -119,6 +121,15 @@ pub struct ServeArgs {
     /// Send a PING to connections silent for one interval
     #[arg(long)]
     pub probe: bool,
+    /// Most connections from one IPv4 address; more get CLOSE(LIMITED).
+    /// Off by default: carrier NAT puts thousands of phones behind one
+    /// address [default: off]
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<u32>,
+    /// Takeovers of one client_id allowed per minute, after a burst of 10;
+    /// more get CLOSE(LIMITED) (0 = unlimited) [default: 60]
+    #[arg(long, value_name = "N")]
+    pub max_takeovers_per_min: Option<u32>,
     /// Serve Prometheus text at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -156,6 +167,8 @@ pub struct FileConfig {
     pub max_payload: Option<u32>,
     pub max_connections: Option<u32>,
     pub probe: Option<bool>,
+    pub max_conns_per_ip: Option<u32>,
+    pub max_takeovers_per_min: Option<u32>,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<String>,
@@ -197,6 +210,10 @@ pub struct Config {
     pub max_payload: u32,
     pub max_connections: u32,
     pub probe: bool,
+    /// Connections per IPv4 source address (`None`: no limit).
+    pub max_conns_per_ip: Option<u32>,
+    /// Takeovers of one client_id per minute (0: no limit).
+    pub max_takeovers_per_min: u32,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<Keepalive>,
@@ -263,6 +280,11 @@ impl Config {
                 .or(file.max_connections)
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             probe: args.probe || file.probe.unwrap_or(false),
+            max_conns_per_ip: args.max_conns_per_ip.or(file.max_conns_per_ip),
+            max_takeovers_per_min: args
+                .max_takeovers_per_min
+                .or(file.max_takeovers_per_min)
+                .unwrap_or(DEFAULT_TAKEOVERS_PER_MIN),
             metrics: args.metrics.or(file.metrics),
             events: args.events.or(file.events),
             tcp_keepalive: keepalive,
@@ -325,6 +347,9 @@ impl Config {
         }
         if self.max_payload > 16 << 20 {
             return bad("--max-payload must be at most 16 MiB".into());
+        }
+        if self.max_conns_per_ip == Some(0) {
+            return bad("--max-conns-per-ip must be at least 1 (omit it for no limit)".into());
         }
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1".into());

@@ -63,6 +63,8 @@ pub mod flag {
     pub const CLOSE_FRAME_INFLIGHT: u16 = 1 << 8;
     /// The receive ended for lack of buffers: input waits in the kernel.
     pub const RECV_STARVED: u16 = 1 << 9;
+    /// Counted against its source address's limit (`per_ip`).
+    pub const IP_COUNTED: u16 = 1 << 10;
 }
 
 /// The per-shard flat arrays.

@@ -8,8 +8,8 @@
 //! simulated clock and a simulated kernel.
 //!
 //! Frames are parsed in place from the receive buffer; only an incomplete
-//! frame's header and fixed payload are copied (to the stash). DATA payload
-//! and CLOSE text are skipped, never buffered.
+//! frame's header and fixed payload are copied (to the stash, see `input`).
+//! DATA payload and CLOSE text are skipped, never buffered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,14 +19,16 @@ use crate::conn_table::{flag, session_id, ConnTable, State, NONE};
 use crate::events::{Event, EventKind, OfflineReason};
 use crate::heartbeat::{self, Timing, Verdict};
 use crate::mailbox::{Holder, ShardMsg, ToHolder, ToHome};
-use crate::protocol::{self, CloseReason, Header, Kind, ProtocolError, HEADER_LEN, PING_LEN};
+use crate::per_ip::PerIpLimit;
+use crate::protocol::{self, CloseReason, Kind, ProtocolError, PING_LEN};
 use crate::registry::Registry;
 use crate::send_pool::{QueueError, SendPool};
-use crate::stash::{StashPool, KEEP_MAX};
+use crate::stash::{HelloPool, Stash};
 use crate::stats::ShardStats;
 
 mod close;
 mod command;
+mod input;
 mod pause;
 
 pub use close::{CLOSE_LINGER_MS, SWEEP_DEFER_MAX};
@@ -58,6 +60,8 @@ impl CloseCause {
                 CloseReason::TakenOver => OfflineReason::TakenOver,
                 CloseReason::Shutdown => OfflineReason::Shutdown,
                 CloseReason::Overloaded => OfflineReason::Overloaded,
+                CloseReason::Unauthorized => OfflineReason::Unauthorized,
+                CloseReason::Limited => OfflineReason::Limited,
             },
             CloseCause::PeerClose => OfflineReason::Normal,
             CloseCause::PeerGone => OfflineReason::Closed,
@@ -80,6 +84,15 @@ impl CloseCause {
     }
 }
 
+/// Checks HELLO tokens (PROTOCOL.md, Authentication; implemented by
+/// `auth::Authenticator`). The engine passes the wall clock it was given.
+pub trait TokenCheck: Send + Sync + std::fmt::Debug {
+    /// Whether every connection must prove its `client_id`.
+    fn required(&self) -> bool;
+    /// Whether `token` proves `client_id` at `now_unix_s`.
+    fn verify(&self, client_id: u64, token: &[u8], now_unix_s: u64) -> bool;
+}
+
 /// Fixed settings of one shard's engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -98,6 +111,13 @@ pub struct EngineConfig {
     pub events: bool,
     /// Receives are multishot (fast mode): a paused one must be cancelled.
     pub multishot_recv: bool,
+    /// HELLO tokens are read and checked (`--auth`).
+    pub auth: Option<Arc<dyn TokenCheck>>,
+    /// Connections per source address (`--max-conns-per-ip`).
+    pub per_ip: Option<Arc<PerIpLimit>>,
+    /// Takeovers of one `client_id` allowed per minute (burst
+    /// [`crate::registry::TAKEOVER_BURST`]).
+    pub takeovers_per_min: u32,
 }
 
 /// One shard's protocol state.
@@ -105,7 +125,8 @@ pub struct EngineConfig {
 pub struct Engine {
     cfg: EngineConfig,
     table: ConnTable,
-    stash: StashPool,
+    stash: Stash,
+    hellos: HelloPool,
     registry: Registry,
     paused: pause::Paused,
     /// Live connections across all shards (for `max_connections`).
@@ -114,6 +135,8 @@ pub struct Engine {
     now_tick: u32,
     /// Monotonic nanoseconds since server start; probe PINGs carry it.
     now_ns: u64,
+    /// Wall clock, for token expiry only.
+    now_unix_s: u64,
     verdicts: Vec<(u32, Verdict)>,
     commands: Vec<Command>,
     /// Slots with replies queued since the last [`Engine::take_commands`].
@@ -126,45 +149,31 @@ pub struct Engine {
     deferred_in_row: u32,
 }
 
-/// Moves bytes from `src` into `buf[*have..want]`.
-fn fill(buf: &mut [u8], have: &mut usize, want: usize, src: &mut &[u8]) {
-    let n = want.saturating_sub(*have).min(src.len());
-    buf[*have..*have + n].copy_from_slice(&src[..n]);
-    *have += n;
-    *src = &src[n..];
-}
-
-/// Bytes of a frame the server keeps: header plus what it reads of the payload.
-fn keep_len(h: Header) -> usize {
-    HEADER_LEN
-        + match h.kind {
-            Kind::Data => 0,
-            Kind::Close => 2,
-            k => k.fixed_len().expect("fixed kind"),
-        }
-}
-
-const _: () = assert!(HEADER_LEN + protocol::WELCOME_LEN <= KEEP_MAX);
-
 impl Engine {
     pub fn new(
         cfg: EngineConfig,
         table: ConnTable,
-        stash: StashPool,
+        hellos: HelloPool,
         live_total: Arc<AtomicU32>,
         stats: ShardStats,
     ) -> Engine {
         assert!(cfg.shard_limit <= table.capacity());
+        let refill_ticks = match cfg.takeovers_per_min {
+            0 => u32::MAX,
+            n => cfg.timing.ticks(60_000 / n).max(1),
+        };
         Engine {
             cfg,
+            stash: Stash::new(table.capacity()),
             table,
-            stash,
-            registry: Registry::default(),
+            hellos,
+            registry: Registry::new(refill_ticks),
             paused: pause::Paused::default(),
             live_total,
             stats,
             now_tick: 0,
             now_ns: 0,
+            now_unix_s: 0,
             verdicts: Vec::new(),
             commands: Vec::new(),
             dirty: Vec::new(),
@@ -192,6 +201,11 @@ impl Engine {
     pub fn set_clock(&mut self, now_tick: u32, now_ns: u64) {
         self.now_tick = now_tick;
         self.now_ns = now_ns;
+    }
+
+    /// The wall clock (seconds since the epoch), for token expiry.
+    pub fn set_unix_time(&mut self, now_unix_s: u64) {
+        self.now_unix_s = now_unix_s;
     }
 
     pub fn now_tick(&self) -> u32 {
@@ -269,10 +283,37 @@ impl Engine {
         if live > self.cfg.max_connections || self.table.open_count() > self.cfg.shard_limit {
             self.stats.refused_overloaded.inc();
             self.close(slot, CloseCause::Server(CloseReason::Overloaded), sends);
+        } else if !self.count_source(slot, peer) {
+            self.stats.limited_ip.inc();
+            self.close(slot, CloseCause::Server(CloseReason::Limited), sends);
         } else {
             self.arm_recv(slot);
         }
         generation
+    }
+
+    /// Counts the connection against its address's limit (IPv4 sources;
+    /// IPv6 ones are not limited). False when the address is at its limit.
+    fn count_source(&mut self, slot: u32, peer: Option<SocketAddr>) -> bool {
+        let (Some(limit), Some(SocketAddr::V4(v4))) = (&self.cfg.per_ip, peer) else {
+            return true;
+        };
+        if !limit.try_acquire((*v4.ip()).into()) {
+            return false;
+        }
+        self.table.set(slot, flag::IP_COUNTED);
+        true
+    }
+
+    /// Releases what [`Engine::count_source`] counted for a closing slot.
+    fn uncount_source(&mut self, slot: u32) {
+        if !self.table.has(slot, flag::IP_COUNTED) {
+            return;
+        }
+        self.table.clear(slot, flag::IP_COUNTED);
+        if let (Some(limit), Some(peer)) = (&self.cfg.per_ip, self.table.peer(slot)) {
+            limit.release(peer.ip());
+        }
     }
 
     /// Bytes a receive delivered for `slot`. Stops at the first protocol
@@ -353,99 +394,6 @@ impl Engine {
         }
     }
 
-    /// Parses input of an open slot.
-    fn parse_input(&mut self, slot: u32, data: &[u8], sends: &mut SendPool) {
-        let mut rest = data;
-        if self.table.partial[slot as usize] != NONE {
-            match self.feed_partial(slot, rest, sends) {
-                Some(r) => rest = r,
-                None => return,
-            }
-        }
-        while rest.len() >= HEADER_LEN && self.is_open(slot) {
-            let head: &[u8; HEADER_LEN] = rest[..HEADER_LEN].try_into().expect("8 bytes");
-            let header = match protocol::parse_header(head, self.cfg.max_payload) {
-                Ok(h) => h,
-                Err(e) => return self.protocol_error(slot, e, sends),
-            };
-            if rest.len() < header.frame_len() {
-                break;
-            }
-            let payload = &rest[HEADER_LEN..keep_len(header)];
-            rest = &rest[header.frame_len()..];
-            self.on_frame(slot, header.kind, payload, sends);
-        }
-        if !rest.is_empty() && self.is_open(slot) {
-            self.start_partial(slot, rest, sends);
-        }
-    }
-
-    /// Copies the start of an incomplete frame into a stash entry.
-    fn start_partial(&mut self, slot: u32, bytes: &[u8], sends: &mut SendPool) {
-        let Some(index) = self.stash.alloc() else {
-            self.stats.stash_exhausted.inc();
-            return self.close(slot, CloseCause::Server(CloseReason::Overloaded), sends);
-        };
-        self.table.partial[slot as usize] = index;
-        let rest = self.feed_partial(slot, bytes, sends);
-        debug_assert!(
-            rest.is_none_or(|r| r.is_empty()),
-            "a whole frame was left for the stash"
-        );
-    }
-
-    /// Feeds bytes to the slot's incomplete frame. Returns the bytes after
-    /// it once it completes, or `None` if all were consumed (or the
-    /// connection closed).
-    fn feed_partial<'a>(
-        &mut self,
-        slot: u32,
-        mut bytes: &'a [u8],
-        sends: &mut SendPool,
-    ) -> Option<&'a [u8]> {
-        let index = self.table.partial[slot as usize];
-        let mut p = *self.stash.get_mut(index);
-        let mut have = usize::from(p.have);
-        fill(&mut p.buf, &mut have, HEADER_LEN, &mut bytes);
-        p.have = have as u8;
-        if have < HEADER_LEN {
-            *self.stash.get_mut(index) = p;
-            return None;
-        }
-        let head: &[u8; HEADER_LEN] = p.buf[..HEADER_LEN].try_into().expect("8 bytes");
-        let header = match protocol::parse_header(head, self.cfg.max_payload) {
-            Ok(h) => h,
-            Err(e) => {
-                self.protocol_error(slot, e, sends);
-                return None;
-            }
-        };
-        if !p.header_ok {
-            p.header_ok = true;
-            p.skip_left = (header.frame_len() - keep_len(header)) as u32;
-        }
-        fill(&mut p.buf, &mut have, keep_len(header), &mut bytes);
-        p.have = have as u8;
-        let skip = (p.skip_left as usize).min(bytes.len());
-        p.skip_left -= skip as u32;
-        bytes = &bytes[skip..];
-        if have < keep_len(header) || p.skip_left > 0 {
-            *self.stash.get_mut(index) = p;
-            return None;
-        }
-        self.release_partial(slot);
-        let payload = &p.buf[HEADER_LEN..keep_len(header)];
-        self.on_frame(slot, header.kind, payload, sends);
-        self.is_open(slot).then_some(bytes)
-    }
-
-    fn release_partial(&mut self, slot: u32) {
-        let index = std::mem::replace(&mut self.table.partial[slot as usize], NONE);
-        if index != NONE {
-            self.stash.release(index);
-        }
-    }
-
     /// One complete, valid frame. `payload` is what the server keeps of it.
     fn on_frame(&mut self, slot: u32, kind: Kind, payload: &[u8], sends: &mut SendPool) {
         let first = !self.table.has(slot, flag::SEEN_FRAME);
@@ -453,6 +401,10 @@ impl Engine {
         self.table.last_seen_tick[slot as usize] = self.now_tick;
         self.table.clear(slot, flag::PROBED);
         self.table.set(slot, flag::SEEN_FRAME);
+        if first && kind != Kind::Hello && self.cfg.auth.as_ref().is_some_and(|a| a.required()) {
+            self.stats.unauthorized.inc();
+            return self.close(slot, CloseCause::Server(CloseReason::Unauthorized), sends);
+        }
         match kind {
             Kind::Hello if first => return self.on_hello(slot, payload, sends),
             Kind::Hello => return self.protocol_error(slot, ProtocolError::UnexpectedHello, sends),
@@ -477,6 +429,10 @@ impl Engine {
     fn on_hello(&mut self, slot: u32, payload: &[u8], sends: &mut SendPool) {
         let client_id = u64::from_be_bytes(payload[..8].try_into().expect("12 bytes"));
         let requested_ms = u32::from_be_bytes(payload[8..12].try_into().expect("12 bytes"));
+        if !self.authenticated(client_id, &payload[12..]) {
+            self.stats.unauthorized.inc();
+            return self.close(slot, CloseCause::Server(CloseReason::Unauthorized), sends);
+        }
         let n = self.cfg.timing.negotiate(requested_ms);
         self.table.timeout_ticks[slot as usize] = n.timeout_ticks;
         let welcome = protocol::welcome_frame(self.session(slot), n.interval_ms, n.timeout_ms);
@@ -492,6 +448,16 @@ impl Engine {
         let home = crate::registry::home_shard(client_id, usize::from(self.cfg.shards));
         let holder = self.holder(slot);
         self.message(home, ShardMsg::Home(ToHome::Claim { client_id, holder }));
+    }
+
+    /// Whether a HELLO's token is good enough: required and valid, or not
+    /// required and absent or valid. Without `--auth` tokens are ignored.
+    fn authenticated(&self, client_id: u64, token: &[u8]) -> bool {
+        match &self.cfg.auth {
+            None => true,
+            Some(a) if token.is_empty() => !a.required(),
+            Some(a) => a.verify(client_id, token, self.now_unix_s),
+        }
     }
 
     fn on_pong(&mut self, payload: &[u8]) {
@@ -543,7 +509,9 @@ impl Engine {
     /// A message for a `client_id`'s home shard (this one).
     pub fn on_home(&mut self, msg: ToHome) {
         let out = match msg {
-            ToHome::Claim { client_id, holder } => self.registry.claim(client_id, holder),
+            ToHome::Claim { client_id, holder } => {
+                self.registry.claim(client_id, holder, self.now_tick)
+            }
             ToHome::Evicted { client_id } => self.registry.evicted(client_id),
             ToHome::Release { client_id, holder } => {
                 self.registry.release(client_id, holder);
@@ -568,6 +536,14 @@ impl Engine {
                 }
                 let home = crate::registry::home_shard(client_id, usize::from(self.cfg.shards));
                 self.message(home, ShardMsg::Home(ToHome::Evicted { client_id }));
+            }
+            ToHolder::Refused { holder, .. } => {
+                if self.table.is_current(holder.slot, holder.generation) {
+                    self.stats.limited_takeover.inc();
+                    self.table.clear(holder.slot, flag::CLAIMED); // never held it
+                    let cause = CloseCause::Server(CloseReason::Limited);
+                    self.close(holder.slot, cause, sends);
+                }
             }
             ToHolder::Granted { holder, .. } => {
                 let slot = holder.slot;

@@ -18,6 +18,7 @@ pub mod heartbeat;
 pub mod load;
 pub mod mailbox;
 pub mod metrics_http;
+pub mod per_ip;
 pub mod protocol;
 pub mod registry;
 #[allow(unsafe_code)]

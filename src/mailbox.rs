@@ -39,6 +39,9 @@ pub enum ToHolder {
     Evict { client_id: u64, old: Holder },
     /// `holder` now holds `client_id`.
     Granted { client_id: u64, holder: Holder },
+    /// `holder`'s claim was over the takeover rate limit: close it with
+    /// CLOSE(LIMITED); the id stays with its holder.
+    Refused { client_id: u64, holder: Holder },
 }
 
 /// Everything a shard's inbox carries.

@@ -17,6 +17,10 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Payload bytes of HELLO: `client_id u64`, `interval_ms u32`.
 pub const HELLO_LEN: usize = 12;
+/// Most bytes of a HELLO token (revision 2: a JWT after the first 12).
+pub const HELLO_TOKEN_MAX: usize = 512;
+/// Most payload bytes of a HELLO, whatever `max_payload` is.
+pub const HELLO_MAX_LEN: usize = HELLO_LEN + HELLO_TOKEN_MAX;
 /// Payload bytes of WELCOME: `session u64`, `interval_ms u32`, `timeout_ms u32`.
 pub const WELCOME_LEN: usize = 16;
 /// Payload bytes of PING and PONG.
@@ -101,10 +105,12 @@ pub enum CloseReason {
     TakenOver = 4,
     Shutdown = 5,
     Overloaded = 6,
+    Unauthorized = 7,
+    Limited = 8,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Normal,
         CloseReason::Timeout,
         CloseReason::ProtocolError,
@@ -112,6 +118,8 @@ impl CloseReason {
         CloseReason::TakenOver,
         CloseReason::Shutdown,
         CloseReason::Overloaded,
+        CloseReason::Unauthorized,
+        CloseReason::Limited,
     ];
 
     /// A known reason, or `None` for a code this version does not name.
@@ -133,6 +141,8 @@ impl CloseReason {
             CloseReason::TakenOver => "taken_over",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Overloaded => "overloaded",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Limited => "limited",
         }
     }
 
@@ -146,6 +156,8 @@ impl CloseReason {
             CloseReason::TakenOver => "client_id taken over by a newer connection",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Overloaded => "server at its connection limit",
+            CloseReason::Unauthorized => "authentication required",
+            CloseReason::Limited => "a per-source or per-id limit was hit",
         }
     }
 }
@@ -226,6 +238,17 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header
         return Err(ProtocolError::BadFlags(bytes[3]));
     }
     let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if kind == Kind::Hello {
+        // HELLO's own limit applies whatever max_payload is.
+        return match len as usize {
+            HELLO_LEN..=HELLO_MAX_LEN => Ok(Header { kind, len }),
+            n if n > HELLO_MAX_LEN => Err(ProtocolError::TooLarge {
+                len,
+                max: HELLO_MAX_LEN as u32,
+            }),
+            _ => Err(ProtocolError::BadLength { kind, len }),
+        };
+    }
     if len > max_payload {
         return Err(ProtocolError::TooLarge {
             len,
@@ -355,6 +378,27 @@ pub fn hello_frame(client_id: u64, interval_ms: u32) -> [u8; HELLO_FRAME_LEN] {
     p[..8].copy_from_slice(&client_id.to_be_bytes());
     p[8..].copy_from_slice(&interval_ms.to_be_bytes());
     frame_with(header_bytes(Kind::Hello, HELLO_LEN as u32), &p)
+}
+
+/// A HELLO carrying `token` (revision 2). Fails if the token is longer
+/// than [`HELLO_TOKEN_MAX`].
+pub fn hello_frame_with_token(
+    client_id: u64,
+    interval_ms: u32,
+    token: &[u8],
+) -> Result<Vec<u8>, ProtocolError> {
+    if token.len() > HELLO_TOKEN_MAX {
+        let len = (HELLO_LEN + token.len()) as u32;
+        return Err(ProtocolError::BadLength {
+            kind: Kind::Hello,
+            len,
+        });
+    }
+    let mut f = header_bytes(Kind::Hello, (HELLO_LEN + token.len()) as u32).to_vec();
+    f.extend_from_slice(&client_id.to_be_bytes());
+    f.extend_from_slice(&interval_ms.to_be_bytes());
+    f.extend_from_slice(token);
+    Ok(f)
 }
 
 pub fn welcome_frame(session: u64, interval_ms: u32, timeout_ms: u32) -> [u8; WELCOME_FRAME_LEN] {
@@ -545,12 +589,7 @@ mod tests {
 
     #[test]
     fn fixed_sizes_are_exact() {
-        for (kind, ok) in [
-            (Kind::Hello, 12),
-            (Kind::Welcome, 16),
-            (Kind::Ping, 8),
-            (Kind::Pong, 8),
-        ] {
+        for (kind, ok) in [(Kind::Welcome, 16), (Kind::Ping, 8), (Kind::Pong, 8)] {
             assert!(parse_header(&header_bytes(kind, ok), MAX).is_ok());
             for bad in [0, ok - 1, ok + 1] {
                 assert_eq!(
@@ -559,6 +598,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hello_carries_a_token_of_up_to_512_bytes_whatever_max_payload_is() {
+        for ok in [12, 13, 524] {
+            assert!(
+                parse_header(&header_bytes(Kind::Hello, ok), 258).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [0, 11] {
+            assert_eq!(
+                parse_header(&header_bytes(Kind::Hello, bad), MAX),
+                Err(ProtocolError::BadLength {
+                    kind: Kind::Hello,
+                    len: bad
+                })
+            );
+        }
+        let err = parse_header(&header_bytes(Kind::Hello, 525), 1 << 20).unwrap_err();
+        assert_eq!(err.close_reason(), CloseReason::FrameTooLarge);
+        assert!(hello_frame_with_token(1, 0, &[b'x'; 512]).is_ok());
+        assert!(hello_frame_with_token(1, 0, &[b'x'; 513]).is_err());
     }
 
     #[test]
@@ -577,7 +639,8 @@ mod tests {
     #[test]
     fn over_max_payload_is_frame_too_large_for_every_kind() {
         for kind in Kind::ALL {
-            let err = parse_header(&header_bytes(kind, MAX + 1), MAX).unwrap_err();
+            let over = if kind == Kind::Hello { 525 } else { MAX + 1 };
+            let err = parse_header(&header_bytes(kind, over), MAX).unwrap_err();
             assert_eq!(err.close_reason(), CloseReason::FrameTooLarge, "{kind:?}");
         }
         assert!(parse_header(&header_bytes(Kind::Data, MAX), MAX).is_ok());

@@ -19,13 +19,16 @@ use crate::engine::{Engine, EngineConfig};
 use crate::events::{self, Event, EventSender};
 use crate::heartbeat::Timing;
 use crate::mailbox::{Peers, ShardMsg};
+use crate::per_ip::PerIpLimit;
 use crate::ring::{self, Features, RingSetup};
 use crate::shard::{IoPlan, Shard, ShardSpec};
-use crate::stash::StashPool;
+use crate::stash::HelloPool;
 use crate::stats::Stats;
 
 /// Most entries of one ring's fixed-file table (kernel IORING_MAX_FIXED_FILES).
 const FIXED_FILES_MAX: u64 = 1 << 20;
+/// Most HELLOs with tokens one shard assembles at once (each ~0.5 KiB).
+const HELLO_POOL_MAX: u32 = 1024;
 /// Descriptors kept free for listeners, eventfds, the metrics socket, logs.
 const RESERVED_FDS: u64 = 64;
 
@@ -34,6 +37,12 @@ const RESERVED_FDS: u64 = 64;
 /// closed, instead of waiting unanswered in the listen backlog.
 pub fn refusal_reserve(slots: u32) -> u32 {
     (slots / 16).clamp(1, 1024).min(slots.saturating_sub(1))
+}
+
+/// Whether connections need their peer address: events carry it, the
+/// per-address limit counts by it.
+fn keeps_peers(config: &Config, events: bool) -> bool {
+    events || config.max_conns_per_ip.is_some()
 }
 
 /// The io mode chosen at start-up, and why.
@@ -47,7 +56,7 @@ pub struct ModeChoice {
 pub fn choose_mode(
     requested: IoMode,
     features: &Features,
-    events: bool,
+    needs_peers: bool,
 ) -> anyhow::Result<ModeChoice> {
     let fast = match (requested, features.fast_mode_ready()) {
         (IoMode::Compat, _) => false,
@@ -68,10 +77,10 @@ pub fn choose_mode(
             features.fast_mode_ready().err().unwrap_or_default()
         ),
     };
-    // Multishot accept cannot report peer addresses, which events carry.
+    // Multishot accept cannot report peer addresses.
     let plan = IoPlan {
         fast,
-        multishot_accept: fast && !events,
+        multishot_accept: fast && !needs_peers,
     };
     Ok(ModeChoice { plan, reason })
 }
@@ -171,7 +180,11 @@ impl Server {
 
     fn start_inner(config: Config, events: Option<EventSender>) -> anyhow::Result<Server> {
         let features = Features::probe();
-        let mode = choose_mode(config.io_mode, &features, events.is_some())?;
+        let mode = choose_mode(
+            config.io_mode,
+            &features,
+            keeps_peers(&config, events.is_some()),
+        )?;
         let nofile = ring::raise_nofile_limit().context("RLIMIT_NOFILE")?;
         let slots = slots_per_shard(&config, mode.plan.fast, nofile);
         let shard_limit = slots - refusal_reserve(slots);
@@ -218,6 +231,9 @@ impl Server {
             shard_limit,
             max_connections: capacity as u32,
             peers: &peers,
+            per_ip: config
+                .max_conns_per_ip
+                .map(|n| Arc::new(PerIpLimit::new(n))),
             events: &events,
             stats: &stats,
             live_total: Arc::new(AtomicU32::new(0)),
@@ -309,6 +325,7 @@ struct Shared<'a> {
     /// The effective global limit (`ringbeat_capacity`).
     max_connections: u32,
     peers: &'a Arc<Peers>,
+    per_ip: Option<Arc<PerIpLimit>>,
     events: &'a Option<EventSender>,
     stats: &'a Arc<Stats>,
     live_total: Arc<AtomicU32>,
@@ -384,9 +401,12 @@ fn shard_spec(
             shard_limit: shared.shard_limit,
             events,
             multishot_recv: shared.plan.fast,
+            auth: None,
+            per_ip: shared.per_ip.clone(),
+            takeovers_per_min: config.max_takeovers_per_min,
         },
-        ConnTable::new(shared.slots, events, generation_base),
-        StashPool::new((shared.slots / 4).max(64)),
+        ConnTable::new(shared.slots, keeps_peers(config, events), generation_base),
+        HelloPool::new((shared.slots / 64).clamp(16, HELLO_POOL_MAX)),
         shared.live_total.clone(),
         shared.stats.for_shard(id),
     );

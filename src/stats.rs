@@ -28,6 +28,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
 }
@@ -60,6 +65,8 @@ pub struct Stats {
     /// Connections the server can hold (the effective limit).
     pub capacity: Gauge,
     pub refused_overloaded: Counter,
+    limited: Family<LimitLabel, Counter>,
+    pub unauthorized: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: Family<ReasonLabel, Counter>,
@@ -101,6 +108,8 @@ impl Stats {
             events_dropped: Gauge::default(),
             capacity: Gauge::default(),
             refused_overloaded: Counter::default(),
+            limited: Family::default(),
+            unauthorized: Counter::default(),
             sweeps_deferred: Counter::default(),
             evictions_deferred: Counter::default(),
             close_frames_unsent: Family::default(),
@@ -195,6 +204,16 @@ impl Stats {
             self.refused_overloaded.clone(),
         );
         r.register(
+            "ringbeat_limited",
+            "Connections answered CLOSE(LIMITED): per source address (--max-conns-per-ip) or takeovers of one client_id over the rate limit",
+            self.limited.clone(),
+        );
+        r.register(
+            "ringbeat_unauthorized",
+            "Connections answered CLOSE(UNAUTHORIZED): no valid token where --auth asks for one",
+            self.unauthorized.clone(),
+        );
+        r.register(
             "ringbeat_sweeps_deferred",
             "Sweeps whose evictions were deferred: the shard ran late",
             self.sweeps_deferred.clone(),
@@ -243,6 +262,11 @@ impl Stats {
             recv_paused: self.recv_paused.clone(),
             io_errors: self.io_errors.clone(),
             refused_overloaded: self.refused_overloaded.clone(),
+            limited_ip: self.limited(LimitLabel { limit: "ip".into() }),
+            limited_takeover: self.limited(LimitLabel {
+                limit: "takeover".into(),
+            }),
+            unauthorized: self.unauthorized.clone(),
             sweeps_deferred: self.sweeps_deferred.clone(),
             evictions_deferred: self.evictions_deferred.clone(),
             close_frames_unsent: CloseReason::ALL.map(|r| {
@@ -256,6 +280,10 @@ impl Stats {
             tick_lag_ns: histogram(),
             rtt_us: histogram(),
         }
+    }
+
+    fn limited(&self, label: LimitLabel) -> Counter {
+        self.limited.get_or_create(&label).clone()
     }
 
     /// Merges a shard's local histograms and clears them.
@@ -363,6 +391,9 @@ pub struct ShardStats {
     pub recv_paused: Counter,
     pub io_errors: Counter,
     pub refused_overloaded: Counter,
+    pub limited_ip: Counter,
+    pub limited_takeover: Counter,
+    pub unauthorized: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: [Counter; CloseReason::ALL.len()],

@@ -11,16 +11,18 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use ringbeat::conn_table::{flag, ConnTable, State};
-use ringbeat::engine::{CloseCause, Command, Engine, EngineConfig, CLOSE_LINGER_MS};
+use ringbeat::engine::{CloseCause, Command, Engine, EngineConfig, TokenCheck, CLOSE_LINGER_MS};
 use ringbeat::events::{Event, EventKind};
 use ringbeat::heartbeat::Timing;
 use ringbeat::mailbox::ShardMsg;
+use ringbeat::per_ip::PerIpLimit;
 use ringbeat::protocol::{self, CloseReason, Decoder, OwnedFrame};
 use ringbeat::send_pool::{SendPool, GATHER_MAX};
-use ringbeat::stash::StashPool;
+use ringbeat::stash::HelloPool;
 use ringbeat::stats::Stats;
 
 const SLOTS: u32 = 64;
+const HELLO_POOL: u32 = 4;
 const TICK_MS: u32 = 100;
 
 /// What the simulated kernel still owes the engine.
@@ -83,21 +85,39 @@ impl Sim {
         max: u32,
         chunks: u32,
     ) -> Sim {
+        Sim::with(shard, shards, timing, probe, max, chunks, |_| {})
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with(
+        shard: u16,
+        shards: u16,
+        timing: Timing,
+        probe: bool,
+        max: u32,
+        chunks: u32,
+        tune: impl FnOnce(&mut EngineConfig),
+    ) -> Sim {
         let stats = Arc::new(Stats::new());
+        let mut cfg = EngineConfig {
+            shard,
+            shards,
+            timing,
+            max_payload: 1024,
+            probe,
+            max_connections: max,
+            shard_limit: SLOTS - 4,
+            events: true,
+            multishot_recv: true,
+            auth: None,
+            per_ip: None,
+            takeovers_per_min: 0,
+        };
+        tune(&mut cfg);
         let e = Engine::new(
-            EngineConfig {
-                shard,
-                shards,
-                timing,
-                max_payload: 1024,
-                probe,
-                max_connections: max,
-                shard_limit: SLOTS - 4,
-                events: true,
-                multishot_recv: true,
-            },
+            cfg,
             ConnTable::new(SLOTS, true, 1),
-            StashPool::new(16),
+            HelloPool::new(HELLO_POOL),
             Arc::new(AtomicU32::new(0)),
             stats.for_shard(shard),
         );
@@ -128,7 +148,11 @@ impl Sim {
     }
 
     fn open(&mut self, slot: u32) {
-        self.e.on_open(slot, None, &mut self.sends);
+        self.open_from(slot, None);
+    }
+
+    fn open_from(&mut self, slot: u32, peer: Option<std::net::SocketAddr>) {
+        self.e.on_open(slot, peer, &mut self.sends);
         self.settle();
     }
 
@@ -924,4 +948,195 @@ fn a_half_closed_peer_that_then_goes_is_closed_not_reset() {
     assert_eq!(s.closed, [0]);
     assert_eq!(s.metric(r#"ringbeat_closed_total{reason="closed"}"#), 1);
     assert_eq!(s.metric(r#"ringbeat_closed_total{reason="reset"}"#), 0);
+}
+
+/// Accepts the token `ok:<client_id>`; `required` as given.
+#[derive(Debug)]
+struct FakeAuth {
+    required: bool,
+}
+
+impl TokenCheck for FakeAuth {
+    fn required(&self) -> bool {
+        self.required
+    }
+    fn verify(&self, client_id: u64, token: &[u8], _now_unix_s: u64) -> bool {
+        token == format!("ok:{client_id}").as_bytes()
+    }
+}
+
+fn with_auth(required: bool) -> Sim {
+    Sim::with(0, 1, timing(10_000, 30_000), false, 1000, 256, |c| {
+        c.auth = Some(Arc::new(FakeAuth { required }));
+    })
+}
+
+fn hello(id: u64, token: &str) -> Vec<u8> {
+    protocol::hello_frame_with_token(id, 0, token.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_split_frame_is_served_while_a_quarter_of_the_slots_hold_one_byte() {
+    let mut s = one();
+    for slot in 0..SLOTS / 4 + 8 {
+        s.open(slot);
+        s.recv(slot, &[0x52]); // one byte of a header, then nothing
+    }
+    let honest = SLOTS / 4 + 8;
+    s.open(honest);
+    let ping = protocol::ping_frame([7; 8]);
+    s.recv(honest, &ping[..5]);
+    s.recv(honest, &ping[5..]);
+    assert_eq!(s.frames(honest), [OwnedFrame::Pong([7; 8])]);
+    assert_eq!(s.metric("ringbeat_stash_exhausted_total"), 0);
+}
+
+#[test]
+fn with_auth_required_every_unproven_connection_is_unauthorized() {
+    let unauthorized = Some(CloseReason::Unauthorized.code());
+    let mut s = with_auth(true);
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("ping first", protocol::ping_frame([0; 8]).to_vec()),
+        ("no token", protocol::hello_frame(42, 0).to_vec()),
+        ("bad token", hello(42, "forged")),
+        ("another id's token", hello(42, "ok:43")),
+        (
+            "anonymous without token",
+            protocol::hello_frame(0, 0).to_vec(),
+        ),
+    ];
+    for (slot, (what, bytes)) in cases.iter().enumerate() {
+        let slot = slot as u32;
+        s.open(slot);
+        s.recv(slot, bytes);
+        assert_eq!(close_reason(&s.frames(slot)), unauthorized, "{what}");
+    }
+    assert_eq!(s.metric("ringbeat_unauthorized_total"), 5);
+    assert!(s.events.is_empty(), "none went online: {:?}", s.events);
+    s.open(9);
+    s.recv(9, &hello(42, "ok:42"));
+    assert!(matches!(s.frames(9)[..], [OwnedFrame::Welcome { .. }]));
+}
+
+#[test]
+fn with_auth_optional_a_missing_token_passes_a_bad_one_does_not() {
+    let mut s = with_auth(false);
+    s.open(0);
+    s.recv(0, &protocol::hello_frame(42, 0));
+    assert!(matches!(s.frames(0)[..], [OwnedFrame::Welcome { .. }]));
+    s.open(1);
+    s.recv(1, &hello(43, "forged"));
+    assert_eq!(
+        close_reason(&s.frames(1)),
+        Some(CloseReason::Unauthorized.code())
+    );
+}
+
+#[test]
+fn without_auth_a_token_is_skipped_not_read() {
+    let mut s = one();
+    s.open(0);
+    let frame = hello(42, &"x".repeat(512));
+    for piece in frame.chunks(7) {
+        s.recv(0, piece);
+    }
+    assert!(matches!(s.frames(0)[..], [OwnedFrame::Welcome { .. }]));
+}
+
+#[test]
+fn an_attacker_without_a_token_cannot_take_over_a_proven_client() {
+    let mut s = with_auth(true);
+    s.open(0);
+    s.recv(0, &hello(42, "ok:42"));
+    s.open(1);
+    s.recv(1, &protocol::hello_frame(42, 0));
+    assert_eq!(
+        close_reason(&s.frames(1)),
+        Some(CloseReason::Unauthorized.code())
+    );
+    s.recv(0, &protocol::ping_frame([1; 8]));
+    let frames = s.frames(0);
+    assert_eq!(close_reason(&frames), None, "the holder stays");
+    assert!(frames.contains(&OwnedFrame::Pong([1; 8])));
+}
+
+#[test]
+fn split_token_hellos_reclaim_the_longest_waiting_entry_first() {
+    let mut s = with_auth(true);
+    let frame = hello(7, "ok:7");
+    // HELLO_POOL connections sit on half-sent HELLOs, from tick 0 on.
+    for slot in 0..HELLO_POOL {
+        s.at_tick(slot);
+        s.open(slot);
+        s.recv(slot, &frame[..10]);
+    }
+    // An honest client's HELLO arrives in two pieces.
+    let honest = HELLO_POOL;
+    s.at_tick(50);
+    s.open(honest);
+    s.recv(honest, &frame[..10]);
+    s.recv(honest, &frame[10..]);
+    assert!(matches!(s.frames(honest)[..], [OwnedFrame::Welcome { .. }]));
+    assert_eq!(
+        close_reason(&s.frames(0)),
+        Some(CloseReason::Overloaded.code()),
+        "slot 0 waited longest"
+    );
+    assert_eq!(s.metric("ringbeat_stash_exhausted_total"), 1);
+    for slot in 1..HELLO_POOL {
+        assert_eq!(s.state(slot), State::Open, "slot {slot} kept its entry");
+    }
+}
+
+#[test]
+fn connections_past_the_per_address_limit_are_limited() {
+    let mut s = Sim::with(0, 1, timing(10_000, 30_000), false, 1000, 256, |c| {
+        c.per_ip = Some(Arc::new(PerIpLimit::new(2)));
+    });
+    let a = |port| Some(std::net::SocketAddr::from(([10, 0, 0, 1], port)));
+    s.open_from(0, a(1));
+    s.open_from(1, a(2));
+    s.open_from(2, a(3));
+    assert_eq!(
+        close_reason(&s.frames(2)),
+        Some(CloseReason::Limited.code())
+    );
+    s.open_from(3, Some(std::net::SocketAddr::from(([10, 0, 0, 2], 1))));
+    assert_eq!(s.state(3), State::Open, "another address has its own room");
+    s.recv_end(0, 0);
+    s.open_from(4, a(4));
+    assert_eq!(s.state(4), State::Open, "room again after a close");
+    assert_eq!(s.metric(r#"ringbeat_limited_total{limit="ip"}"#), 1);
+}
+
+#[test]
+fn a_takeover_ping_pong_is_bounded_by_the_rate_limit() {
+    let mut s = Sim::with(0, 1, timing(10_000, 30_000), false, 1000, 256, |c| {
+        c.takeovers_per_min = 60;
+    });
+    s.at_tick(0);
+    let mut limited = 0;
+    for slot in 0..40u32 {
+        s.open(slot);
+        s.recv(slot, &protocol::hello_frame(42, 0));
+        if close_reason(&s.frames(slot)) == Some(CloseReason::Limited.code()) {
+            limited += 1;
+        }
+    }
+    assert_eq!(
+        limited,
+        40 - 1 - 10,
+        "a burst of 10 takeovers, then none this tick"
+    );
+    assert_eq!(s.metric(r#"ringbeat_limited_total{limit="takeover"}"#), 29);
+    let online = s
+        .events
+        .iter()
+        .filter(|e| e.event == EventKind::Online)
+        .count();
+    assert_eq!(online, 11, "events bounded too");
+    s.at_tick(10); // one second later: one more
+    s.open(50);
+    s.recv(50, &protocol::hello_frame(42, 0));
+    assert!(matches!(s.frames(50)[..], [OwnedFrame::Welcome { .. }]));
 }

@@ -40,6 +40,7 @@ impl Engine {
         }
         self.release_partial(slot);
         self.unpause(slot);
+        self.uncount_source(slot);
         let reason = cause.offline_reason();
         self.stats.closed(reason);
         if self.table.has(slot, flag::CLAIMED) {
