@@ -157,3 +157,50 @@ fn answer_or_refusal(addr: SocketAddr, n: usize) -> Answers {
     }
     a
 }
+
+/// Sends a signal with the `kill` command.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn a_stalled_server_is_late_never_wrong() {
+    // The server is stopped for twice the timeout while every client keeps
+    // sending PINGs into its kernel buffers. When it runs again its ticks
+    // are late: it must read those PINGs, not evict their senders.
+    for mode in MODES {
+        let flags = ["--io-mode", mode, "--interval", "1s", "--timeout", "2s"];
+        let server = spawn_server(&flags);
+        let mut peers = connect_answered(server.listen, 200);
+        let pid = server.child.id();
+        let started = Instant::now();
+        let mut stopped = false;
+        let mut resumed = false;
+        let mut i = 1_000u64;
+        while started.elapsed() < Duration::from_secs(9) {
+            for p in &mut peers {
+                p.ping(i);
+            }
+            i += 1;
+            if !stopped && started.elapsed() > Duration::from_secs(1) {
+                signal(pid, "-STOP");
+                stopped = true;
+            }
+            if stopped && !resumed && started.elapsed() > Duration::from_secs(5) {
+                signal(pid, "-CONT");
+                resumed = true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let evicted = child_metric(server.metrics, "ringbeat_evicted_total");
+        let deferred = child_metric(server.metrics, "ringbeat_sweeps_deferred_total");
+        assert_eq!(evicted, 0, "{mode}: clients that kept sending were evicted");
+        assert!(deferred >= 1, "{mode}: the late sweep was not counted");
+        eprintln!("{mode}: stalled 4 s, 0 evicted, {deferred} sweeps deferred");
+    }
+}
