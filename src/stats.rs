@@ -1,7 +1,7 @@
 //! Counters, histograms and their Prometheus text. Counters and gauges are
 //! prometheus-client metrics, resolved per label once at start-up so the hot
 //! path is one relaxed atomic add. The two latency histograms are recorded in
-//! hdrhistogram (per shard, merged once per tick) and rendered as Prometheus
+//! hdrhistogram (per shard, merged once a second) and rendered as Prometheus
 //! histograms with fixed bucket bounds.
 
 use std::fmt::Write;
