@@ -130,6 +130,11 @@ pub struct ServeArgs {
     /// more get CLOSE(LIMITED) (0 = unlimited) [default: 60]
     #[arg(long, value_name = "N")]
     pub max_takeovers_per_min: Option<u32>,
+    /// Hold a client's offline event this long; if its client_id says HELLO
+    /// again meanwhile, emit one `resumed` instead of offline + online
+    /// [default: 0 = off]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub offline_grace: Option<Duration>,
     /// Serve Prometheus text at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -169,6 +174,8 @@ pub struct FileConfig {
     pub probe: Option<bool>,
     pub max_conns_per_ip: Option<u32>,
     pub max_takeovers_per_min: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub offline_grace: Option<Duration>,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<String>,
@@ -214,6 +221,8 @@ pub struct Config {
     pub max_conns_per_ip: Option<u32>,
     /// Takeovers of one client_id per minute (0: no limit).
     pub max_takeovers_per_min: u32,
+    /// How long an `offline` waits for the same id to come back (0: off).
+    pub offline_grace: Duration,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<Keepalive>,
@@ -285,6 +294,10 @@ impl Config {
                 .max_takeovers_per_min
                 .or(file.max_takeovers_per_min)
                 .unwrap_or(DEFAULT_TAKEOVERS_PER_MIN),
+            offline_grace: args
+                .offline_grace
+                .or(file.offline_grace)
+                .unwrap_or(Duration::ZERO),
             metrics: args.metrics.or(file.metrics),
             events: args.events.or(file.events),
             tcp_keepalive: keepalive,
@@ -347,6 +360,12 @@ impl Config {
         }
         if self.max_payload > 16 << 20 {
             return bad("--max-payload must be at most 16 MiB".into());
+        }
+        if self.offline_grace > Duration::from_secs(3600) {
+            return bad(format!(
+                "--offline-grace must be at most 1h, got {:?}",
+                self.offline_grace
+            ));
         }
         if self.max_conns_per_ip == Some(0) {
             return bad("--max-conns-per-ip must be at least 1 (omit it for no limit)".into());

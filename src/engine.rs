@@ -28,6 +28,7 @@ use crate::stats::ShardStats;
 
 mod close;
 mod command;
+mod grace;
 mod input;
 mod pause;
 
@@ -118,6 +119,8 @@ pub struct EngineConfig {
     /// Takeovers of one `client_id` allowed per minute (burst
     /// [`crate::registry::TAKEOVER_BURST`]).
     pub takeovers_per_min: u32,
+    /// How long an `offline` is held for a returning id (0: not held).
+    pub offline_grace_ticks: u32,
 }
 
 /// One shard's protocol state.
@@ -128,6 +131,7 @@ pub struct Engine {
     stash: Stash,
     hellos: HelloPool,
     registry: Registry,
+    grace: grace::Grace,
     paused: pause::Paused,
     /// Live connections across all shards (for `max_connections`).
     live_total: Arc<AtomicU32>,
@@ -168,6 +172,7 @@ impl Engine {
             table,
             hellos,
             registry: Registry::new(refill_ticks),
+            grace: grace::Grace::default(),
             paused: pause::Paused::default(),
             live_total,
             stats,
@@ -479,6 +484,19 @@ impl Engine {
         }
     }
 
+    /// Online again within the offline grace: one `resumed` event instead
+    /// of `offline` + `online`.
+    fn go_resumed(&mut self, slot: u32, previous_session: u64) {
+        self.table.set(slot, flag::ONLINE);
+        if self.cfg.events {
+            let peer = self.table.peer(slot);
+            let id = self.table.client_id[slot as usize];
+            let mut ev = Event::new(EventKind::Resumed, self.session(slot), id, peer);
+            ev.previous_session = Some(previous_session);
+            self.push(Command::Event(ev));
+        }
+    }
+
     fn message(&mut self, to: u16, msg: ShardMsg) {
         self.push(Command::Message { to, msg });
     }
@@ -513,12 +531,28 @@ impl Engine {
                 self.registry.claim(client_id, holder, self.now_tick)
             }
             ToHome::Evicted { client_id } => self.registry.evicted(client_id),
-            ToHome::Release { client_id, holder } => {
+            ToHome::Release {
+                client_id,
+                holder,
+                offline,
+            } => {
+                let superseded = self.registry.superseded(client_id, holder);
                 self.registry.release(client_id, holder);
+                if let Some(h) = offline {
+                    self.hold_offline(client_id, h, superseded);
+                }
                 None
             }
         };
-        if let Some((to, msg)) = out {
+        if let Some((to, mut msg)) = out {
+            if let ToHolder::Granted {
+                client_id,
+                resumed_from,
+                ..
+            } = &mut msg
+            {
+                *resumed_from = self.resume(*client_id);
+            }
             self.message(to, ShardMsg::Holder(msg));
         }
     }
@@ -545,13 +579,20 @@ impl Engine {
                     self.close(holder.slot, cause, sends);
                 }
             }
-            ToHolder::Granted { holder, .. } => {
+            ToHolder::Granted {
+                holder,
+                resumed_from,
+                ..
+            } => {
                 let slot = holder.slot;
                 if self.table.is_current(slot, holder.generation)
                     && self.is_open(slot)
                     && !self.table.has(slot, flag::ONLINE)
                 {
-                    self.go_online(slot);
+                    match resumed_from {
+                        Some(previous) => self.go_resumed(slot, previous),
+                        None => self.go_online(slot),
+                    }
                 }
             }
         }
@@ -565,6 +606,9 @@ impl Engine {
     pub fn on_tick(&mut self, due_tick: u32, sends: &mut SendPool) {
         self.expire_lingering(sends);
         self.expire_paused(sends);
+        if !self.grace.is_empty() {
+            self.release_expired_offline();
+        }
         self.rearm_starved();
         let mut verdicts = std::mem::take(&mut self.verdicts);
         verdicts.clear();
@@ -594,12 +638,19 @@ impl Engine {
         self.verdicts = verdicts;
     }
 
-    /// Closes every open connection with CLOSE(SHUTDOWN).
+    /// Closes every open connection with CLOSE(SHUTDOWN) and emits every
+    /// `offline` held for the grace.
     pub fn shutdown(&mut self, sends: &mut SendPool) {
         for slot in 0..self.table.high_water() {
             if self.is_open(slot) {
                 self.close(slot, CloseCause::Server(CloseReason::Shutdown), sends);
             }
         }
+        self.flush_held_offline();
+    }
+
+    /// `offline` events held for the grace on this (home) shard.
+    pub fn held_offline(&self) -> usize {
+        self.grace.len()
     }
 }

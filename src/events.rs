@@ -20,6 +20,13 @@ pub const EVENT_QUEUE_MAX: usize = 1 << 16;
 pub enum EventKind {
     Online,
     Offline,
+    /// A client came back within `--offline-grace`: its `offline` and the
+    /// new `online` are not emitted; `previous_session` names the old one.
+    Resumed,
+    /// The phi detector suspects the connection (`--detector phi`).
+    Suspect,
+    /// A suspected connection sent a frame again.
+    Recovered,
 }
 
 /// Why a connection went offline. Names are a contract (`reason` field).
@@ -87,13 +94,21 @@ pub struct Event {
     pub peer: Option<String>,
     /// Offline reason name; `null` for online.
     pub reason: Option<&'static str>,
+    /// `resumed` only: the session that went away and came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_session: Option<u64>,
 }
 
 impl Event {
-    pub fn new(kind: EventKind, session: u64, client_id: u64, peer: Option<SocketAddr>) -> Event {
-        let ts_ms = std::time::SystemTime::now()
+    /// Milliseconds since the epoch, as events carry them.
+    pub fn now_ms() -> u64 {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub fn new(kind: EventKind, session: u64, client_id: u64, peer: Option<SocketAddr>) -> Event {
+        let ts_ms = Event::now_ms();
         Event {
             ts_ms,
             event: kind,
@@ -101,6 +116,7 @@ impl Event {
             client_id,
             peer: peer.map(|p| p.to_string()),
             reason: None,
+            previous_session: None,
         }
     }
 

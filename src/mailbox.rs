@@ -10,8 +10,11 @@
 //! flight, whatever order the shards' messages arrive in.
 
 use std::io::Write;
+use std::net::SocketAddr;
 
 use crossbeam_channel::Sender;
+
+use crate::events::OfflineReason;
 
 /// One connection, named across shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -21,13 +24,27 @@ pub struct Holder {
     pub generation: u32,
 }
 
+/// An `offline` event held for the offline grace (see `engine::grace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldOffline {
+    pub session: u64,
+    pub reason: OfflineReason,
+    pub peer: Option<SocketAddr>,
+    /// When it went offline (the event keeps this time).
+    pub ts_ms: u64,
+}
+
 /// To a `client_id`'s home shard, which keeps its registry entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToHome {
     /// `holder` said HELLO with `client_id`.
     Claim { client_id: u64, holder: Holder },
-    /// `holder` is gone.
-    Release { client_id: u64, holder: Holder },
+    /// `holder` is gone; with an offline grace, its `offline` event to hold.
+    Release {
+        client_id: u64,
+        holder: Holder,
+        offline: Option<HeldOffline>,
+    },
     /// A holder the home shard asked to evict is closed (or already was).
     Evicted { client_id: u64 },
 }
@@ -37,8 +54,13 @@ pub enum ToHome {
 pub enum ToHolder {
     /// Close `old` as TAKEN_OVER, then acknowledge to the home shard.
     Evict { client_id: u64, old: Holder },
-    /// `holder` now holds `client_id`.
-    Granted { client_id: u64, holder: Holder },
+    /// `holder` now holds `client_id`; `resumed_from` is the session whose
+    /// `offline` was held for the grace (then `resumed` replaces `online`).
+    Granted {
+        client_id: u64,
+        holder: Holder,
+        resumed_from: Option<u64>,
+    },
     /// `holder`'s claim was over the takeover rate limit: close it with
     /// CLOSE(LIMITED); the id stays with its holder.
     Refused { client_id: u64, holder: Holder },

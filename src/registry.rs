@@ -55,7 +55,15 @@ pub fn home_shard(client_id: u64, shards: usize) -> u16 {
 pub type Outgoing = (u16, ToHolder);
 
 fn granted(client_id: u64, holder: Holder) -> Outgoing {
-    (holder.shard, ToHolder::Granted { client_id, holder })
+    let resumed_from = None; // the engine fills it in (offline grace)
+    (
+        holder.shard,
+        ToHolder::Granted {
+            client_id,
+            holder,
+            resumed_from,
+        },
+    )
 }
 
 impl Registry {
@@ -135,6 +143,11 @@ impl Registry {
         }
     }
 
+    /// Whether a claimant other than `holder` is the newest for `client_id`.
+    pub fn superseded(&self, client_id: u64, holder: Holder) -> bool {
+        self.holder(client_id).is_some_and(|h| h != holder)
+    }
+
     /// The newest claimant of `client_id`.
     pub fn holder(&self, client_id: u64) -> Option<Holder> {
         self.entries.get(&client_id).and_then(|e| e.holder)
@@ -180,7 +193,8 @@ mod tests {
                 0,
                 ToHolder::Granted {
                     client_id: 9,
-                    holder: h(0, 1)
+                    holder: h(0, 1),
+                    resumed_from: None,
                 }
             ))
         );
@@ -201,7 +215,8 @@ mod tests {
                 1,
                 ToHolder::Granted {
                     client_id: 9,
-                    holder: h(1, 5)
+                    holder: h(1, 5),
+                    resumed_from: None,
                 }
             ))
         );

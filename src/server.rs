@@ -404,6 +404,8 @@ fn shard_spec(
             auth: None,
             per_ip: shared.per_ip.clone(),
             takeovers_per_min: config.max_takeovers_per_min,
+            offline_grace_ticks: Timing::from_config(config)
+                .ticks(config.offline_grace.as_millis() as u32),
         },
         ConnTable::new(shared.slots, keeps_peers(config, events), generation_base),
         HelloPool::new((shared.slots / 64).clamp(16, HELLO_POOL_MAX)),

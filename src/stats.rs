@@ -67,6 +67,7 @@ pub struct Stats {
     pub refused_overloaded: Counter,
     limited: Family<LimitLabel, Counter>,
     pub unauthorized: Counter,
+    pub resumed: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: Family<ReasonLabel, Counter>,
@@ -110,6 +111,7 @@ impl Stats {
             refused_overloaded: Counter::default(),
             limited: Family::default(),
             unauthorized: Counter::default(),
+            resumed: Counter::default(),
             sweeps_deferred: Counter::default(),
             evictions_deferred: Counter::default(),
             close_frames_unsent: Family::default(),
@@ -214,6 +216,11 @@ impl Stats {
             self.unauthorized.clone(),
         );
         r.register(
+            "ringbeat_resumed",
+            "Clients back within --offline-grace: one resumed event instead of offline + online",
+            self.resumed.clone(),
+        );
+        r.register(
             "ringbeat_sweeps_deferred",
             "Sweeps whose evictions were deferred: the shard ran late",
             self.sweeps_deferred.clone(),
@@ -267,6 +274,7 @@ impl Stats {
                 limit: "takeover".into(),
             }),
             unauthorized: self.unauthorized.clone(),
+            resumed: self.resumed.clone(),
             sweeps_deferred: self.sweeps_deferred.clone(),
             evictions_deferred: self.evictions_deferred.clone(),
             close_frames_unsent: CloseReason::ALL.map(|r| {
@@ -394,6 +402,7 @@ pub struct ShardStats {
     pub limited_ip: Counter,
     pub limited_takeover: Counter,
     pub unauthorized: Counter,
+    pub resumed: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: [Counter; CloseReason::ALL.len()],

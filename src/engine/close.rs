@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 
 use super::{CloseCause, Command, Engine};
 use crate::conn_table::{flag, State, NONE};
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, OfflineReason};
 use crate::heartbeat::Verdict;
-use crate::mailbox::{ShardMsg, ToHome};
+use crate::mailbox::{HeldOffline, ShardMsg, ToHome};
 use crate::protocol;
 use crate::send_pool::SendPool;
 
@@ -43,13 +43,26 @@ impl Engine {
         self.uncount_source(slot);
         let reason = cause.offline_reason();
         self.stats.closed(reason);
+        let announce = self.table.has(slot, flag::ONLINE) && self.cfg.events;
+        let graced = announce && self.graced(slot, reason);
         if self.table.has(slot, flag::CLAIMED) {
             let client_id = self.table.client_id[slot as usize];
             let home = crate::registry::home_shard(client_id, usize::from(self.cfg.shards));
             let holder = self.holder(slot);
-            self.message(home, ShardMsg::Home(ToHome::Release { client_id, holder }));
+            let offline = graced.then(|| HeldOffline {
+                session: self.session(slot),
+                reason,
+                peer: self.table.peer(slot),
+                ts_ms: Event::now_ms(),
+            });
+            let release = ToHome::Release {
+                client_id,
+                holder,
+                offline,
+            };
+            self.message(home, ShardMsg::Home(release));
         }
-        if self.table.has(slot, flag::ONLINE) && self.cfg.events {
+        if announce && !graced {
             let mut ev = Event::new(
                 EventKind::Offline,
                 self.session(slot),
@@ -73,6 +86,14 @@ impl Engine {
             self.cancel_send(slot);
         }
         self.try_finish_close(slot, sends);
+    }
+
+    /// Whether this close's `offline` is held for the offline grace: an id
+    /// that may come back, gone for a reason it may come back from.
+    fn graced(&self, slot: u32, reason: OfflineReason) -> bool {
+        self.cfg.offline_grace_ticks > 0
+            && self.table.has(slot, flag::CLAIMED)
+            && !matches!(reason, OfflineReason::TakenOver | OfflineReason::Shutdown)
     }
 
     fn cancel_send(&mut self, slot: u32) {
