@@ -135,6 +135,10 @@ pub struct ServeArgs {
     /// [default: 0 = off]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub offline_grace: Option<Duration>,
+    /// PINGs a second one connection may keep sending (bursts of 2N+8
+    /// pass); past it CLOSE(LIMITED) [default: 0 = off]
+    #[arg(long, value_name = "N")]
+    pub max_ping_rate: Option<u32>,
     /// Serve Prometheus text at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -176,6 +180,7 @@ pub struct FileConfig {
     pub max_takeovers_per_min: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub offline_grace: Option<Duration>,
+    pub max_ping_rate: Option<u32>,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<String>,
@@ -223,6 +228,8 @@ pub struct Config {
     pub max_takeovers_per_min: u32,
     /// How long an `offline` waits for the same id to come back (0: off).
     pub offline_grace: Duration,
+    /// PINGs a second per connection (0: no limit).
+    pub max_ping_rate: u32,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<Keepalive>,
@@ -298,6 +305,7 @@ impl Config {
                 .offline_grace
                 .or(file.offline_grace)
                 .unwrap_or(Duration::ZERO),
+            max_ping_rate: args.max_ping_rate.or(file.max_ping_rate).unwrap_or(0),
             metrics: args.metrics.or(file.metrics),
             events: args.events.or(file.events),
             tcp_keepalive: keepalive,

@@ -29,6 +29,7 @@ use crate::stats::ShardStats;
 mod close;
 mod command;
 mod grace;
+mod guard;
 mod input;
 mod pause;
 
@@ -121,6 +122,8 @@ pub struct EngineConfig {
     pub takeovers_per_min: u32,
     /// How long an `offline` is held for a returning id (0: not held).
     pub offline_grace_ticks: u32,
+    /// PINGs a second one connection may keep sending (0: no limit).
+    pub max_ping_rate: u32,
 }
 
 /// One shard's protocol state.
@@ -132,6 +135,7 @@ pub struct Engine {
     hellos: HelloPool,
     registry: Registry,
     grace: grace::Grace,
+    ping_guard: Option<guard::PingGuard>,
     paused: pause::Paused,
     /// Live connections across all shards (for `max_connections`).
     live_total: Arc<AtomicU32>,
@@ -166,6 +170,9 @@ impl Engine {
             0 => u32::MAX,
             n => cfg.timing.ticks(60_000 / n).max(1),
         };
+        let ping_guard = (cfg.max_ping_rate > 0).then(|| {
+            guard::PingGuard::new(table.capacity(), cfg.max_ping_rate, cfg.timing.tick_ms)
+        });
         Engine {
             cfg,
             stash: Stash::new(table.capacity()),
@@ -173,6 +180,7 @@ impl Engine {
             hellos,
             registry: Registry::new(refill_ticks),
             grace: grace::Grace::default(),
+            ping_guard,
             paused: pause::Paused::default(),
             live_total,
             stats,
@@ -281,6 +289,9 @@ impl Engine {
     pub fn on_open(&mut self, slot: u32, peer: Option<SocketAddr>, sends: &mut SendPool) -> u32 {
         let timeout_ticks = self.cfg.timing.default_negotiated().timeout_ticks;
         let generation = self.table.open(slot, self.now_tick, timeout_ticks, peer);
+        if let Some(guard) = &mut self.ping_guard {
+            guard.open(slot, self.now_tick);
+        }
         self.stats.accepted.inc();
         self.stats.shard_connections.inc();
         self.stats.connections.inc();
@@ -416,6 +427,7 @@ impl Engine {
             Kind::Welcome => {
                 return self.protocol_error(slot, ProtocolError::WrongDirection(kind), sends)
             }
+            Kind::Ping if !self.ping_allowed(slot, sends) => return,
             Kind::Ping => {
                 let echo: [u8; PING_LEN] = payload.try_into().expect("fixed length");
                 self.reply(slot, &protocol::pong_frame(echo), sends);

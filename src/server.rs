@@ -404,6 +404,7 @@ fn shard_spec(
             auth: None,
             per_ip: shared.per_ip.clone(),
             takeovers_per_min: config.max_takeovers_per_min,
+            max_ping_rate: config.max_ping_rate,
             offline_grace_ticks: Timing::from_config(config)
                 .ticks(config.offline_grace.as_millis() as u32),
         },

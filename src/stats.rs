@@ -207,7 +207,7 @@ impl Stats {
         );
         r.register(
             "ringbeat_limited",
-            "Connections answered CLOSE(LIMITED): per source address (--max-conns-per-ip) or takeovers of one client_id over the rate limit",
+            "Connections answered CLOSE(LIMITED): per source address (--max-conns-per-ip), takeovers of one client_id over the rate limit, PINGs over --max-ping-rate",
             self.limited.clone(),
         );
         r.register(
@@ -272,6 +272,9 @@ impl Stats {
             limited_ip: self.limited(LimitLabel { limit: "ip".into() }),
             limited_takeover: self.limited(LimitLabel {
                 limit: "takeover".into(),
+            }),
+            limited_ping: self.limited(LimitLabel {
+                limit: "ping_rate".into(),
             }),
             unauthorized: self.unauthorized.clone(),
             resumed: self.resumed.clone(),
@@ -401,6 +404,7 @@ pub struct ShardStats {
     pub refused_overloaded: Counter,
     pub limited_ip: Counter,
     pub limited_takeover: Counter,
+    pub limited_ping: Counter,
     pub unauthorized: Counter,
     pub resumed: Counter,
     pub sweeps_deferred: Counter,

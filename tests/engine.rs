@@ -113,6 +113,7 @@ impl Sim {
             per_ip: None,
             takeovers_per_min: 0,
             offline_grace_ticks: 0,
+            max_ping_rate: 0,
         };
         tune(&mut cfg);
         let e = Engine::new(
@@ -1263,4 +1264,36 @@ fn grace_works_across_shards() {
         .map(|e| e.event)
         .collect();
     assert_eq!(all, [EventKind::Online, EventKind::Resumed]);
+}
+
+#[test]
+fn the_ping_guard_closes_an_abusive_pinger_and_not_a_normal_one() {
+    let mut s = Sim::with(0, 1, timing(1_000, 3_000), false, 1000, 256, |c| {
+        c.max_ping_rate = 5;
+    });
+    s.at_tick(0);
+    s.open(0); // pings every 1 s, with a burst of 10 pipelined at the start
+    s.open(1); // pings every millisecond
+    let burst: Vec<u8> = (0..10u64)
+        .flat_map(|i| protocol::ping_frame(i.to_be_bytes()))
+        .collect();
+    s.recv(0, &burst);
+    for tick in 0..100u32 {
+        s.at_tick(tick);
+        if tick % 10 == 0 {
+            s.recv(0, &protocol::ping_frame([1; 8]));
+        }
+        if s.state(1) == State::Open {
+            let many: Vec<u8> = (0..100u64)
+                .flat_map(|i| protocol::ping_frame(i.to_be_bytes()))
+                .collect();
+            s.recv(1, &many);
+        }
+    }
+    assert_eq!(s.state(0), State::Open, "a normal pinger stays");
+    assert_eq!(
+        close_reason(&s.frames(1)),
+        Some(CloseReason::Limited.code())
+    );
+    assert_eq!(s.metric(r#"ringbeat_limited_total{limit="ping_rate"}"#), 1);
 }
