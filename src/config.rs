@@ -34,6 +34,18 @@ pub const TIMEOUT_TICKS_MAX: u64 = 1 << 30;
 /// Most shards one process runs.
 pub const SHARDS_MAX: usize = 1024;
 
+/// How silence is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Detector {
+    /// Evict at `timeout`; nothing before.
+    #[default]
+    Fixed,
+    /// Also suspect (an event, no eviction) when phi accrual crosses
+    /// `phi_threshold`; eviction stays at `timeout`.
+    Phi,
+}
+
 /// How the shards drive io_uring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +151,13 @@ pub struct ServeArgs {
     /// pass); past it CLOSE(LIMITED) [default: 0 = off]
     #[arg(long, value_name = "N")]
     pub max_ping_rate: Option<u32>,
+    /// fixed (evict at timeout) or phi (also emit `suspect` events when a
+    /// connection's silence is unlikely for its own rhythm) [default: fixed]
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub detector: Option<Detector>,
+    /// phi above which a connection is suspected [default: 8]
+    #[arg(long, value_name = "PHI")]
+    pub phi_threshold: Option<f64>,
     /// Serve Prometheus text at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -181,6 +200,8 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     pub offline_grace: Option<Duration>,
     pub max_ping_rate: Option<u32>,
+    pub detector: Option<Detector>,
+    pub phi_threshold: Option<f64>,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<String>,
@@ -230,6 +251,8 @@ pub struct Config {
     pub offline_grace: Duration,
     /// PINGs a second per connection (0: no limit).
     pub max_ping_rate: u32,
+    pub detector: Detector,
+    pub phi_threshold: f64,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<Keepalive>,
@@ -306,6 +329,8 @@ impl Config {
                 .or(file.offline_grace)
                 .unwrap_or(Duration::ZERO),
             max_ping_rate: args.max_ping_rate.or(file.max_ping_rate).unwrap_or(0),
+            detector: args.detector.or(file.detector).unwrap_or_default(),
+            phi_threshold: args.phi_threshold.or(file.phi_threshold).unwrap_or(8.0),
             metrics: args.metrics.or(file.metrics),
             events: args.events.or(file.events),
             tcp_keepalive: keepalive,
@@ -368,6 +393,12 @@ impl Config {
         }
         if self.max_payload > 16 << 20 {
             return bad("--max-payload must be at most 16 MiB".into());
+        }
+        if !(0.5..=30.0).contains(&self.phi_threshold) {
+            return bad(format!(
+                "--phi-threshold must be within 0.5..=30, got {}",
+                self.phi_threshold
+            ));
         }
         if self.offline_grace > Duration::from_secs(3600) {
             return bad(format!(

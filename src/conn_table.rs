@@ -65,6 +65,8 @@ pub mod flag {
     pub const RECV_STARVED: u16 = 1 << 9;
     /// Counted against its source address's limit (`per_ip`).
     pub const IP_COUNTED: u16 = 1 << 10;
+    /// The phi detector suspects it (a `suspect` event was emitted).
+    pub const SUSPECTED: u16 = 1 << 11;
 }
 
 /// The per-shard flat arrays.

@@ -32,10 +32,12 @@ mod grace;
 mod guard;
 mod input;
 mod pause;
+mod phi;
 
 pub use close::{CLOSE_LINGER_MS, SWEEP_DEFER_MAX};
 pub use command::Command;
 pub use pause::{HELD_BYTES_MAX, HIGH_WATER_CHUNKS, LOW_WATER_CHUNKS};
+pub use phi::sigmas_for;
 
 /// Why the engine ends a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +126,8 @@ pub struct EngineConfig {
     pub offline_grace_ticks: u32,
     /// PINGs a second one connection may keep sending (0: no limit).
     pub max_ping_rate: u32,
+    /// `Some(threshold)`: the phi accrual detector emits `suspect` events.
+    pub phi_threshold: Option<f64>,
 }
 
 /// One shard's protocol state.
@@ -136,6 +140,7 @@ pub struct Engine {
     registry: Registry,
     grace: grace::Grace,
     ping_guard: Option<guard::PingGuard>,
+    phi: Option<phi::Phi>,
     paused: pause::Paused,
     /// Live connections across all shards (for `max_connections`).
     live_total: Arc<AtomicU32>,
@@ -173,6 +178,9 @@ impl Engine {
         let ping_guard = (cfg.max_ping_rate > 0).then(|| {
             guard::PingGuard::new(table.capacity(), cfg.max_ping_rate, cfg.timing.tick_ms)
         });
+        let phi = cfg
+            .phi_threshold
+            .map(|t| phi::Phi::new(table.capacity(), t));
         Engine {
             cfg,
             stash: Stash::new(table.capacity()),
@@ -181,6 +189,7 @@ impl Engine {
             registry: Registry::new(refill_ticks),
             grace: grace::Grace::default(),
             ping_guard,
+            phi,
             paused: pause::Paused::default(),
             live_total,
             stats,
@@ -291,6 +300,9 @@ impl Engine {
         let generation = self.table.open(slot, self.now_tick, timeout_ticks, peer);
         if let Some(guard) = &mut self.ping_guard {
             guard.open(slot, self.now_tick);
+        }
+        if let Some(phi) = &mut self.phi {
+            phi.start(slot, self.cfg.timing.ticks(self.cfg.timing.interval_ms));
         }
         self.stats.accepted.inc();
         self.stats.shard_connections.inc();
@@ -414,6 +426,7 @@ impl Engine {
     fn on_frame(&mut self, slot: u32, kind: Kind, payload: &[u8], sends: &mut SendPool) {
         let first = !self.table.has(slot, flag::SEEN_FRAME);
         self.stats.frame(kind);
+        self.phi_frame(slot);
         self.table.last_seen_tick[slot as usize] = self.now_tick;
         self.table.clear(slot, flag::PROBED);
         self.table.set(slot, flag::SEEN_FRAME);
@@ -452,6 +465,9 @@ impl Engine {
         }
         let n = self.cfg.timing.negotiate(requested_ms);
         self.table.timeout_ticks[slot as usize] = n.timeout_ticks;
+        if let Some(phi) = &mut self.phi {
+            phi.start(slot, self.cfg.timing.ticks(n.interval_ms));
+        }
         let welcome = protocol::welcome_frame(self.session(slot), n.interval_ms, n.timeout_ms);
         self.reply(slot, &welcome, sends);
         if !self.is_open(slot) {
@@ -648,6 +664,7 @@ impl Engine {
             }
         }
         self.verdicts = verdicts;
+        self.phi_sweep();
     }
 
     /// Closes every open connection with CLOSE(SHUTDOWN) and emits every

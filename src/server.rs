@@ -405,6 +405,8 @@ fn shard_spec(
             per_ip: shared.per_ip.clone(),
             takeovers_per_min: config.max_takeovers_per_min,
             max_ping_rate: config.max_ping_rate,
+            phi_threshold: (config.detector == crate::config::Detector::Phi)
+                .then_some(config.phi_threshold),
             offline_grace_ticks: Timing::from_config(config)
                 .ticks(config.offline_grace.as_millis() as u32),
         },

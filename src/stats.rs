@@ -68,6 +68,8 @@ pub struct Stats {
     limited: Family<LimitLabel, Counter>,
     pub unauthorized: Counter,
     pub resumed: Counter,
+    pub suspected: Counter,
+    pub recovered: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: Family<ReasonLabel, Counter>,
@@ -112,6 +114,8 @@ impl Stats {
             limited: Family::default(),
             unauthorized: Counter::default(),
             resumed: Counter::default(),
+            suspected: Counter::default(),
+            recovered: Counter::default(),
             sweeps_deferred: Counter::default(),
             evictions_deferred: Counter::default(),
             close_frames_unsent: Family::default(),
@@ -221,6 +225,16 @@ impl Stats {
             self.resumed.clone(),
         );
         r.register(
+            "ringbeat_suspected",
+            "Connections the phi detector suspected (--detector phi)",
+            self.suspected.clone(),
+        );
+        r.register(
+            "ringbeat_recovered",
+            "Suspected connections that sent a frame again",
+            self.recovered.clone(),
+        );
+        r.register(
             "ringbeat_sweeps_deferred",
             "Sweeps whose evictions were deferred: the shard ran late",
             self.sweeps_deferred.clone(),
@@ -278,6 +292,8 @@ impl Stats {
             }),
             unauthorized: self.unauthorized.clone(),
             resumed: self.resumed.clone(),
+            suspected: self.suspected.clone(),
+            recovered: self.recovered.clone(),
             sweeps_deferred: self.sweeps_deferred.clone(),
             evictions_deferred: self.evictions_deferred.clone(),
             close_frames_unsent: CloseReason::ALL.map(|r| {
@@ -407,6 +423,8 @@ pub struct ShardStats {
     pub limited_ping: Counter,
     pub unauthorized: Counter,
     pub resumed: Counter,
+    pub suspected: Counter,
+    pub recovered: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: [Counter; CloseReason::ALL.len()],

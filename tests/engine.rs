@@ -114,6 +114,7 @@ impl Sim {
             takeovers_per_min: 0,
             offline_grace_ticks: 0,
             max_ping_rate: 0,
+            phi_threshold: None,
         };
         tune(&mut cfg);
         let e = Engine::new(
@@ -1296,4 +1297,79 @@ fn the_ping_guard_closes_an_abusive_pinger_and_not_a_normal_one() {
         Some(CloseReason::Limited.code())
     );
     assert_eq!(s.metric(r#"ringbeat_limited_total{limit="ping_rate"}"#), 1);
+}
+
+/// interval 1 s (10 ticks), timeout 5 s, phi threshold 8.
+fn with_phi() -> Sim {
+    Sim::with(0, 1, timing(1_000, 5_000), false, 1000, 256, |c| {
+        c.phi_threshold = Some(8.0);
+    })
+}
+
+fn first_event(s: &Sim, slot_session: u64, kind: EventKind) -> bool {
+    s.events
+        .iter()
+        .any(|e| e.session == slot_session && e.event == kind)
+}
+
+#[test]
+fn phi_suspects_a_regular_client_soon_after_it_goes_silent_and_before_timeout() {
+    let mut s = with_phi();
+    s.at_tick(0);
+    s.open(0);
+    for k in 1..=30u32 {
+        s.tick(k * 10);
+        s.recv(0, &protocol::ping_frame([0; 8])); // every 10 ticks, exactly
+    }
+    let session = s.events[0].session;
+    let silent_from = 300;
+    let mut suspected_at = None;
+    for t in silent_from + 1..silent_from + 60 {
+        s.tick(t);
+        if suspected_at.is_none() && first_event(&s, session, EventKind::Suspect) {
+            suspected_at = Some(t - silent_from);
+        }
+    }
+    let after = suspected_at.expect("suspected");
+    assert!(
+        after < 50,
+        "suspect ({after} ticks) before the 50-tick timeout"
+    );
+    assert!(after > 10, "not before one interval ({after} ticks)");
+    assert_eq!(s.closed, [0], "eviction still at the timeout");
+    assert_eq!(s.metric("ringbeat_suspected_total"), 1);
+}
+
+#[test]
+fn phi_does_not_suspect_a_client_within_its_usual_jitter_and_recovers_one() {
+    let mut s = with_phi();
+    s.at_tick(0);
+    s.open(0);
+    // Gaps of 4 and 16 ticks alternate (mean 10): 16 is usual for it.
+    let mut t = 0;
+    for k in 0..60u32 {
+        t += if k % 2 == 0 { 4 } else { 16 };
+        for tick in t - if k % 2 == 0 { 4 } else { 16 } + 1..=t {
+            s.tick(tick);
+        }
+        s.recv(0, &protocol::ping_frame([0; 8]));
+    }
+    assert_eq!(
+        s.metric("ringbeat_suspected_total"),
+        0,
+        "no false suspicion"
+    );
+    // A silence long for it (mean 10 + 5.2 sigma of 6 = ~42 ticks) is
+    // suspected, still before the 50-tick timeout; a frame recovers it.
+    for tick in t + 1..=t + 48 {
+        s.tick(tick);
+    }
+    assert_eq!(s.metric("ringbeat_suspected_total"), 1);
+    s.recv(0, &protocol::ping_frame([0; 8]));
+    assert_eq!(s.metric("ringbeat_recovered_total"), 1);
+    let kinds: Vec<_> = s.events.iter().map(|e| e.event).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Online, EventKind::Suspect, EventKind::Recovered]
+    );
 }
