@@ -1324,52 +1324,45 @@ fn phi_suspects_a_regular_client_soon_after_it_goes_silent_and_before_timeout() 
     let session = s.events[0].session;
     let silent_from = 300;
     let mut suspected_at = None;
-    for t in silent_from + 1..silent_from + 60 {
+    for t in silent_from + 1..silent_from + 45 {
         s.tick(t);
         if suspected_at.is_none() && first_event(&s, session, EventKind::Suspect) {
             suspected_at = Some(t - silent_from);
         }
     }
     let after = suspected_at.expect("suspected");
-    assert!(
-        after < 50,
-        "suspect ({after} ticks) before the 50-tick timeout"
-    );
-    assert!(after > 10, "not before one interval ({after} ticks)");
-    assert_eq!(s.closed, [0], "eviction still at the timeout");
-    assert_eq!(s.metric("ringbeat_suspected_total"), 1);
-}
-
-#[test]
-fn phi_does_not_suspect_a_client_within_its_usual_jitter_and_recovers_one() {
-    let mut s = with_phi();
-    s.at_tick(0);
-    s.open(0);
-    // Gaps of 4 and 16 ticks alternate (mean 10): 16 is usual for it.
-    let mut t = 0;
-    for k in 0..60u32 {
-        t += if k % 2 == 0 { 4 } else { 16 };
-        for tick in t - if k % 2 == 0 { 4 } else { 16 } + 1..=t {
-            s.tick(tick);
-        }
-        s.recv(0, &protocol::ping_frame([0; 8]));
-    }
-    assert_eq!(
-        s.metric("ringbeat_suspected_total"),
-        0,
-        "no false suspicion"
-    );
-    // A silence long for it (mean 10 + 5.2 sigma of 6 = ~42 ticks) is
-    // suspected, still before the 50-tick timeout; a frame recovers it.
-    for tick in t + 1..=t + 48 {
-        s.tick(tick);
-    }
-    assert_eq!(s.metric("ringbeat_suspected_total"), 1);
+    // Learned: 10 ticks, regular. The prior alone (deviation half the
+    // interval) would wait ~36 ticks.
+    assert!((11..20).contains(&after), "suspected after {after} ticks");
+    assert_eq!(s.state(0), State::Open, "eviction waits for the timeout");
     s.recv(0, &protocol::ping_frame([0; 8]));
     assert_eq!(s.metric("ringbeat_recovered_total"), 1);
     let kinds: Vec<_> = s.events.iter().map(|e| e.event).collect();
     assert_eq!(
         kinds,
         [EventKind::Online, EventKind::Suspect, EventKind::Recovered]
+    );
+}
+
+#[test]
+fn phi_does_not_suspect_a_client_within_its_usual_jitter() {
+    let mut s = with_phi();
+    s.at_tick(0);
+    s.open(0);
+    // Gaps of 3 and 27 ticks alternate: 27 is usual for this client, though
+    // the prior (interval 10) would find it very late.
+    let mut t = 0;
+    for k in 0..60u32 {
+        let gap = if k % 2 == 0 { 3 } else { 27 };
+        for tick in t + 1..=t + gap {
+            s.tick(tick);
+        }
+        t += gap;
+        s.recv(0, &protocol::ping_frame([0; 8]));
+    }
+    assert_eq!(
+        s.metric("ringbeat_suspected_total"),
+        0,
+        "no false suspicion"
     );
 }

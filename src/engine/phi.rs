@@ -64,10 +64,12 @@ impl Phi {
     }
 
     /// A connection expected every `interval_ticks`: the prior before any
-    /// sample is that interval with a quarter of it as deviation.
+    /// sample is that interval with half of it as deviation (a quarter
+    /// suspected a client with gaps of 0.3/2.7 intervals while it was
+    /// still learning).
     pub(super) fn start(&mut self, slot: u32, interval_ticks: u32) {
         let mean = (interval_ticks as f32 * SCALE).min(f32::from(u16::MAX));
-        self.set(slot, mean, mean / 4.0);
+        self.set(slot, mean, mean / 2.0);
     }
 
     /// A frame arrived `gap_ticks` after the previous one.
