@@ -151,7 +151,7 @@ pub struct Server {
     stats: Arc<Stats>,
     mode: ModeChoice,
     capacity: u64,
-    events_writer: Option<JoinHandle<()>>,
+    events_sink: Option<events::FileSink>,
 }
 
 impl Server {
@@ -160,22 +160,33 @@ impl Server {
         let sink = match &config.events {
             Some(path) => {
                 let (tx, rx) = events::channel();
-                let writer = events::spawn_file_writer(path, rx)
-                    .with_context(|| format!("cannot open events file {}", path.display()))?;
-                Some((tx, writer))
+                let sink = events::FileSink::spawn(path, rx, tx.drops().clone())?;
+                Some((tx, sink))
             }
             None => None,
         };
-        let (tx, writer) = sink.unzip();
+        let (tx, sink) = sink.unzip();
+        let drops = tx.as_ref().map(|t| t.drops().clone());
         let mut server = Server::start_inner(config, tx)?;
-        server.events_writer = writer;
+        if let Some(d) = drops {
+            server.stats.attach_event_drops(d);
+        }
+        server.events_sink = sink;
         Ok(server)
     }
 
     /// Starts a server whose events a library user receives.
     pub fn start_with_events(config: Config) -> anyhow::Result<(Server, Receiver<Event>)> {
         let (tx, rx) = events::channel();
-        Ok((Server::start_inner(config, Some(tx))?, rx))
+        let drops = tx.drops().clone();
+        let server = Server::start_inner(config, Some(tx))?;
+        server.stats.attach_event_drops(drops);
+        Ok((server, rx))
+    }
+
+    /// Asks the events file sink, if any, to reopen its path (SIGHUP).
+    pub fn events_reopen_handle(&self) -> Option<events::ReopenHandle> {
+        self.events_sink.as_ref().map(|s| s.reopen_handle())
     }
 
     fn start_inner(config: Config, events: Option<EventSender>) -> anyhow::Result<Server> {
@@ -248,7 +259,7 @@ impl Server {
             stats,
             mode,
             capacity,
-            events_writer: None,
+            events_sink: None,
         })
     }
 
@@ -286,7 +297,8 @@ impl Server {
         self.shutdown_handle().shutdown();
     }
 
-    /// Waits for every shard to finish.
+    /// Waits for every shard to finish, then at most
+    /// [`events::SHUTDOWN_WAIT_MS`] for the events file sink.
     pub fn join(self) -> anyhow::Result<()> {
         let mut first_err = None;
         for (i, t) in self.threads.into_iter().enumerate() {
@@ -297,8 +309,8 @@ impl Server {
             }
         }
         drop(self.peers);
-        if let Some(w) = self.events_writer {
-            let _ = w.join();
+        if let Some(sink) = self.events_sink {
+            sink.finish(std::time::Duration::from_millis(events::SHUTDOWN_WAIT_MS));
         }
         first_err.map_or(Ok(()), Err)
     }

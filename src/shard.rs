@@ -384,9 +384,6 @@ impl Shard {
         if due_tick.wrapping_sub(self.merged_tick) >= merge_every_ticks {
             self.merged_tick = due_tick;
             self.spec.stats.absorb(&mut engine.stats);
-            if let Some(tx) = &self.spec.events {
-                self.spec.stats.events_dropped.set(tx.dropped() as i64);
-            }
         }
         for (index, addr) in std::mem::take(&mut self.accept_paused) {
             if self.phase != Phase::Running {

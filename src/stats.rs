@@ -5,7 +5,7 @@
 //! histograms with fixed bucket bounds.
 
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hdrhistogram::Histogram;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::events::OfflineReason;
+use crate::events::{EventDrops, OfflineReason};
 use crate::protocol::{CloseReason, Kind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,7 +61,6 @@ pub struct Stats {
     pub stash_exhausted: Counter,
     pub recv_paused: Counter,
     pub io_errors: Counter,
-    pub events_dropped: Gauge,
     /// Connections the server can hold (the effective limit).
     pub capacity: Gauge,
     pub refused_overloaded: Counter,
@@ -73,6 +72,8 @@ pub struct Stats {
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: Family<ReasonLabel, Counter>,
+    /// The event channel's loss counters, once a sink is attached.
+    event_drops: OnceLock<Arc<EventDrops>>,
     /// Sweep durations in nanoseconds.
     sweep_ns: Mutex<Histogram<u64>>,
     /// How late each tick (and so each sweep) ran, in nanoseconds.
@@ -108,7 +109,6 @@ impl Stats {
             stash_exhausted: Counter::default(),
             recv_paused: Counter::default(),
             io_errors: Counter::default(),
-            events_dropped: Gauge::default(),
             capacity: Gauge::default(),
             refused_overloaded: Counter::default(),
             limited: Family::default(),
@@ -119,6 +119,7 @@ impl Stats {
             sweeps_deferred: Counter::default(),
             evictions_deferred: Counter::default(),
             close_frames_unsent: Family::default(),
+            event_drops: OnceLock::new(),
             sweep_ns: Mutex::new(histogram()),
             tick_lag_ns: Mutex::new(histogram()),
             rtt_us: Mutex::new(histogram()),
@@ -193,11 +194,6 @@ impl Stats {
             "ringbeat_io_errors",
             "Unexpected I/O errors",
             self.io_errors.clone(),
-        );
-        r.register(
-            "ringbeat_events_dropped",
-            "Events dropped: consumer too slow",
-            self.events_dropped.clone(),
         );
         r.register(
             "ringbeat_capacity",
@@ -335,6 +331,25 @@ impl Stats {
             .value_at_quantile(q)
     }
 
+    /// Exports `drops` as `ringbeat_events_dropped_total{cause}`. The first
+    /// call wins; without one, the counters read 0.
+    pub fn attach_event_drops(&self, drops: Arc<EventDrops>) {
+        let _ = self.event_drops.set(drops);
+    }
+
+    fn render_event_drops(&self, out: &mut String) {
+        let none = EventDrops::default();
+        let drops = self.event_drops.get().map_or(&none, |d| &**d);
+        out.push_str("# HELP ringbeat_events_dropped Events lost, by cause.\n");
+        out.push_str("# TYPE ringbeat_events_dropped counter\n");
+        for (cause, n) in drops.by_cause() {
+            let _ = writeln!(
+                out,
+                "ringbeat_events_dropped_total{{cause=\"{cause}\"}} {n}"
+            );
+        }
+    }
+
     /// The whole exposition in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -369,6 +384,7 @@ impl Stats {
             1e-6,
             &RTT_BUCKETS_S,
         );
+        self.render_event_drops(&mut out);
         out.push_str("# EOF\n");
         out
     }

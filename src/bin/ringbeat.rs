@@ -1,5 +1,6 @@
 //! `ringbeat`: the server binary. `ringbeat serve` runs the server;
-//! SIGTERM or SIGINT close every connection with CLOSE(SHUTDOWN) and exit 0.
+//! SIGTERM or SIGINT close every connection with CLOSE(SHUTDOWN) and exit 0;
+//! SIGHUP reopens the events file (after logrotate moved or removed it).
 //! `ringbeat check-system` says what would stop this machine from holding
 //! N connections, with the fix for each; it exits 1 if something blocks.
 
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use ringbeat::config::{Config, IoMode, ServeArgs};
 use ringbeat::server::Server;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -123,7 +124,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     // Handlers first: a signal that arrives once clients can connect must
     // shut down cleanly, not kill the process with the default action.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let server = Server::start(config)?;
     for addr in server.local_addrs() {
         tracing::info!(%addr, "listening");
@@ -132,12 +133,19 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("metrics at http://{addr}/metrics");
     }
     let handle = server.shutdown_handle();
+    let reopen = server.events_reopen_handle();
     std::thread::Builder::new()
         .name("ringbeat-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    tracing::info!("SIGHUP: reopening the events file");
+                    reopen.iter().for_each(|r| r.reopen());
+                    continue;
+                }
                 tracing::info!(signal = sig, "shutting down");
                 handle.shutdown();
+                break;
             }
         })?;
     server.join()
