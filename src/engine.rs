@@ -57,6 +57,8 @@ impl CloseCause {
                 CloseReason::TakenOver => OfflineReason::TakenOver,
                 CloseReason::Shutdown => OfflineReason::Shutdown,
                 CloseReason::Overloaded => OfflineReason::Overloaded,
+                CloseReason::Unauthorized => OfflineReason::Unauthorized,
+                CloseReason::Limited => OfflineReason::Limited,
             },
             CloseCause::PeerClose => OfflineReason::Normal,
             CloseCause::PeerGone => OfflineReason::Closed,

@@ -38,6 +38,10 @@ pub enum OfflineReason {
     Closed,
     /// The server was at its limit, or the peer did not read its replies.
     Overloaded,
+    /// Authentication was required and the connection did not prove its id.
+    Unauthorized,
+    /// A per-source or per-id limit was hit.
+    Limited,
 }
 
 impl OfflineReason {
@@ -52,10 +56,12 @@ impl OfflineReason {
             OfflineReason::Reset => "reset",
             OfflineReason::Closed => "closed",
             OfflineReason::Overloaded => "overloaded",
+            OfflineReason::Unauthorized => "unauthorized",
+            OfflineReason::Limited => "limited",
         }
     }
 
-    pub const ALL: [OfflineReason; 9] = [
+    pub const ALL: [OfflineReason; 11] = [
         OfflineReason::Timeout,
         OfflineReason::ProtocolError,
         OfflineReason::FrameTooLarge,
@@ -65,6 +71,8 @@ impl OfflineReason {
         OfflineReason::Reset,
         OfflineReason::Closed,
         OfflineReason::Overloaded,
+        OfflineReason::Unauthorized,
+        OfflineReason::Limited,
     ];
 }
 

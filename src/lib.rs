@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 #[allow(unsafe_code)]
 pub mod buf_ring;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod heartbeat;
 pub mod load;
 pub mod metrics_http;
 pub mod protocol;
+pub mod proxy_v2;
 pub mod registry;
 #[allow(unsafe_code)]
 pub mod ring;

@@ -307,7 +307,7 @@ pub struct ShardStats {
     pub shard_connections: Gauge,
     pub accepted: Counter,
     pub evicted: Counter,
-    closed: [Counter; 9],
+    closed: [Counter; OfflineReason::ALL.len()],
     frames: [Counter; 6],
     pub protocol_errors: Counter,
     pub probes_sent: Counter,

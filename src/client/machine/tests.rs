@@ -83,7 +83,8 @@ fn handshake_sends_hello_and_adopts_welcome() {
         frames(&out),
         [OwnedFrame::Hello {
             client_id: 42,
-            interval_ms: INTERVAL_MS
+            interval_ms: INTERVAL_MS,
+            token: Vec::new(),
         }]
     );
     assert_eq!(m.poll_timeout(), Some(5_010), "WELCOME deadline");
