@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::auth::{AuthMode, KeySpec};
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD};
 
 /// Default listen address.
@@ -96,6 +97,10 @@ impl std::str::FromStr for Keepalive {
     }
 }
 
+fn parse_key_spec(s: &str) -> Result<KeySpec, String> {
+    s.parse().map_err(|e: crate::auth::KeyError| e.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 200ms, 3s, 1m)"))
 }
@@ -173,6 +178,21 @@ pub struct ServeArgs {
     /// auto, fast (kernel 6.0+) or compat (kernel 5.10 path) [default: auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub io_mode: Option<IoMode>,
+    /// Verifying key for HELLO tokens, KID=hs256:SECRET_FILE or
+    /// KID=eddsa:PUBKEY.pem (repeatable: several kids = key rotation)
+    #[arg(long = "auth-key", value_name = "KID=ALG:FILE", value_parser = parse_key_spec)]
+    pub auth_key: Vec<KeySpec>,
+    /// required, optional or off [default: required with a key, else off]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+    /// Longest interval a HELLO may ask for [default: --interval, so a
+    /// client can shorten its interval but never lengthen it]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub max_interval: Option<Duration>,
+    /// Every connection starts with a PROXY protocol v2 header (behind a
+    /// load balancer such as haproxy `send-proxy-v2`)
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// TOML file with the same keys as the flags (flags win)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -214,6 +234,10 @@ pub struct FileConfig {
     pub max_interval: Option<Duration>,
     pub recv_buffers: Option<u32>,
     pub send_chunks: Option<u32>,
+    /// `KID=ALG:FILE` strings, as `--auth-key`.
+    pub auth_key: Option<Vec<String>>,
+    pub auth: Option<AuthMode>,
+    pub proxy_protocol: Option<bool>,
 }
 
 /// Bad flags or configuration. The binary prints it on one line and exits 2.
@@ -258,9 +282,16 @@ pub struct Config {
     pub tcp_keepalive: Option<Keepalive>,
     pub tcp_user_timeout: Option<Duration>,
     pub io_mode: IoMode,
-    /// Smallest and largest interval a HELLO may ask for.
+    /// Smallest and largest interval a HELLO may ask for. `max_interval`
+    /// defaults to `interval`: the server owns liveness.
     pub min_interval: Duration,
     pub max_interval: Duration,
+    /// HELLO token keys (not yet loaded: see [`crate::auth::Authenticator::from_config`]).
+    pub auth_keys: Vec<KeySpec>,
+    /// Resolved mode: `Required` if keys are given and no mode is, else `Off`.
+    pub auth: AuthMode,
+    /// Listeners expect a PROXY protocol v2 header first ([`crate::proxy_v2`]).
+    pub proxy_protocol: bool,
     /// Receive buffers per shard (each [`crate::buf_ring::BUF_LEN`] bytes).
     pub recv_buffers: u32,
     /// Send chunks per shard (each [`crate::send_pool::CHUNK_LEN`] bytes).
@@ -300,9 +331,22 @@ impl Config {
                 .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")])
         };
         let tick = args.tick.or(file.tick).unwrap_or(DEFAULT_TICK);
+        let interval = args.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL);
+        let auth_keys = if !args.auth_key.is_empty() {
+            args.auth_key
+        } else {
+            let specs = file.auth_key.unwrap_or_default();
+            let parsed: Result<Vec<KeySpec>, _> = specs.iter().map(|s| s.parse()).collect();
+            parsed.map_err(|e| ConfigError::Invalid(format!("auth_key: {e}")))?
+        };
+        let auth = args.auth.or(file.auth).unwrap_or(if auth_keys.is_empty() {
+            AuthMode::Off
+        } else {
+            AuthMode::Required
+        });
         let config = Config {
             listen,
-            interval: args.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL),
+            interval,
             timeout: args.timeout.or(file.timeout).unwrap_or(DEFAULT_TIMEOUT),
             tick,
             batch_wait: args
@@ -337,9 +381,12 @@ impl Config {
             tcp_user_timeout: args.tcp_user_timeout.or(file.tcp_user_timeout),
             io_mode: args.io_mode.or(file.io_mode).unwrap_or_default(),
             min_interval: file.min_interval.unwrap_or(Duration::from_millis(100)),
-            max_interval: file.max_interval.unwrap_or(Duration::from_secs(3600)),
+            max_interval: args.max_interval.or(file.max_interval).unwrap_or(interval),
             recv_buffers: file.recv_buffers.unwrap_or(512),
             send_chunks: file.send_chunks.unwrap_or(1024),
+            auth_keys,
+            auth,
+            proxy_protocol: args.proxy_protocol || file.proxy_protocol.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -382,6 +429,16 @@ impl Config {
         }
         if self.min_interval > self.interval || self.max_interval < self.interval {
             return bad("min_interval <= interval <= max_interval must hold".into());
+        }
+        if self.auth != AuthMode::Off && self.auth_keys.is_empty() {
+            return bad(format!(
+                "--auth {} needs at least one --auth-key",
+                if self.auth == AuthMode::Required {
+                    "required"
+                } else {
+                    "optional"
+                }
+            ));
         }
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return bad(format!("--shards must be within 1..={SHARDS_MAX}"));
@@ -516,6 +573,63 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--timeout"));
+    }
+
+    #[test]
+    fn max_interval_defaults_to_interval_and_may_be_raised_on_purpose() {
+        let c = Config::resolve(ServeArgs {
+            interval: Some(Duration::from_secs(5)),
+            timeout: Some(Duration::from_secs(15)),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_interval, Duration::from_secs(5));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "max_interval = \"1m\"\n").unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_interval, Duration::from_secs(60));
+        let err = Config::resolve(ServeArgs {
+            max_interval: Some(Duration::from_secs(1)),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_interval"), "{err}");
+    }
+
+    #[test]
+    fn auth_mode_follows_keys_and_required_needs_one() {
+        assert_eq!(Config::default().auth, AuthMode::Off);
+        assert!(!Config::default().proxy_protocol);
+        let key: KeySpec = "k1=hs256:/etc/ringbeat/k1".parse().unwrap();
+        let c = Config::resolve(ServeArgs {
+            auth_key: vec![key.clone()],
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!((c.auth, c.auth_keys), (AuthMode::Required, vec![key]));
+        let err = Config::resolve(ServeArgs {
+            auth: Some(AuthMode::Required),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--auth-key"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        let toml = "auth = \"optional\"\nauth_key = [\"a=eddsa:/k.pem\"]\nproxy_protocol = true\n";
+        std::fs::write(&path, toml).unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.auth, AuthMode::Optional);
+        assert_eq!(c.auth_keys[0].kid, "a");
+        assert!(c.proxy_protocol);
     }
 
     #[test]

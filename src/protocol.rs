@@ -15,12 +15,13 @@ pub const MAGIC: u8 = 0x52;
 pub const VERSION: u8 = 1;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
-/// Payload bytes of HELLO: `client_id u64`, `interval_ms u32`.
+/// Payload bytes of HELLO's fixed part: `client_id u64`, `interval_ms u32`.
 pub const HELLO_LEN: usize = 12;
-/// Most bytes of a HELLO token (revision 2: a JWT after the first 12).
-pub const HELLO_TOKEN_MAX: usize = 512;
-/// Most payload bytes of a HELLO, whatever `max_payload` is.
-pub const HELLO_MAX_LEN: usize = HELLO_LEN + HELLO_TOKEN_MAX;
+/// Most bytes of token a HELLO may carry after its fixed part (revision 2).
+pub const TOKEN_MAX: usize = 512;
+/// Largest HELLO payload (fixed part plus the longest token). This limit
+/// applies to HELLO whatever the receiver's `max_payload` is.
+pub const HELLO_MAX_LEN: usize = HELLO_LEN + TOKEN_MAX;
 /// Payload bytes of WELCOME: `session u64`, `interval_ms u32`, `timeout_ms u32`.
 pub const WELCOME_LEN: usize = 16;
 /// Payload bytes of PING and PONG.
@@ -83,13 +84,26 @@ impl Kind {
         }
     }
 
-    /// The exact payload length of a fixed-size kind; `None` for DATA and CLOSE.
+    /// The exact payload length of a fixed-size kind, and for HELLO the
+    /// length of its fixed part (the token after it is variable); `None` for
+    /// DATA and CLOSE. Valid lengths are [`Kind::len_range`].
     pub fn fixed_len(self) -> Option<usize> {
         match self {
             Kind::Hello => Some(HELLO_LEN),
             Kind::Welcome => Some(WELCOME_LEN),
             Kind::Ping | Kind::Pong => Some(PING_LEN),
             Kind::Data | Kind::Close => None,
+        }
+    }
+
+    /// Payload lengths this kind may have, before the `max_payload` rule.
+    pub fn len_range(self) -> std::ops::RangeInclusive<usize> {
+        match self {
+            Kind::Hello => HELLO_LEN..=HELLO_MAX_LEN,
+            Kind::Welcome => WELCOME_LEN..=WELCOME_LEN,
+            Kind::Ping | Kind::Pong => PING_LEN..=PING_LEN,
+            Kind::Data => 0..=usize::MAX,
+            Kind::Close => CLOSE_MIN_LEN..=CLOSE_MAX_LEN,
         }
     }
 }
@@ -156,7 +170,9 @@ impl CloseReason {
             CloseReason::TakenOver => "client_id taken over by a newer connection",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Overloaded => "server at its connection limit",
-            CloseReason::Unauthorized => "authentication required",
+            CloseReason::Unauthorized => {
+                "authentication required: no valid token for this client_id"
+            }
             CloseReason::Limited => "a per-source or per-id limit was hit",
         }
     }
@@ -225,7 +241,8 @@ impl Header {
 
 /// Validates an 8-byte header. `len` over `max_payload` is
 /// [`ProtocolError::TooLarge`] for every kind and is checked before the
-/// fixed-size rules, so a huge PING is FRAME_TOO_LARGE.
+/// fixed-size rules, so a huge PING is FRAME_TOO_LARGE. HELLO's limit is its
+/// own ([`HELLO_MAX_LEN`]), whatever `max_payload` is.
 pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header, ProtocolError> {
     if bytes[0] != MAGIC {
         return Err(ProtocolError::BadMagic(bytes[0]));
@@ -238,29 +255,14 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header
         return Err(ProtocolError::BadFlags(bytes[3]));
     }
     let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if kind == Kind::Hello {
-        // HELLO's own limit applies whatever max_payload is.
-        return match len as usize {
-            HELLO_LEN..=HELLO_MAX_LEN => Ok(Header { kind, len }),
-            n if n > HELLO_MAX_LEN => Err(ProtocolError::TooLarge {
-                len,
-                max: HELLO_MAX_LEN as u32,
-            }),
-            _ => Err(ProtocolError::BadLength { kind, len }),
-        };
-    }
-    if len > max_payload {
-        return Err(ProtocolError::TooLarge {
-            len,
-            max: max_payload,
-        });
-    }
-    let len_ok = match kind.fixed_len() {
-        Some(fixed) => len as usize == fixed,
-        None if kind == Kind::Close => (CLOSE_MIN_LEN..=CLOSE_MAX_LEN).contains(&(len as usize)),
-        None => true,
+    let max = match kind {
+        Kind::Hello => HELLO_MAX_LEN as u32,
+        _ => max_payload,
     };
-    if !len_ok {
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    if !kind.len_range().contains(&(len as usize)) {
         return Err(ProtocolError::BadLength { kind, len });
     }
     Ok(Header { kind, len })
@@ -269,9 +271,11 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header
 /// A complete frame, borrowing its variable payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// `token` is empty when the HELLO carries none.
     Hello {
         client_id: u64,
         interval_ms: u32,
+        token: &'a [u8],
     },
     Welcome {
         session: u64,
@@ -324,6 +328,7 @@ pub fn parse_frame(header: Header, payload: &[u8]) -> Frame<'_> {
         Kind::Hello => Frame::Hello {
             client_id: be_u64(payload),
             interval_ms: be_u32(&payload[8..]),
+            token: &payload[HELLO_LEN..],
         },
         Kind::Welcome => Frame::Welcome {
             session: be_u64(payload),
@@ -380,25 +385,26 @@ pub fn hello_frame(client_id: u64, interval_ms: u32) -> [u8; HELLO_FRAME_LEN] {
     frame_with(header_bytes(Kind::Hello, HELLO_LEN as u32), &p)
 }
 
-/// A HELLO carrying `token` (revision 2). Fails if the token is longer
-/// than [`HELLO_TOKEN_MAX`].
+/// A HELLO carrying `token` (revision 2). Fails if the token is longer than
+/// [`TOKEN_MAX`]. An empty token gives the same bytes as [`hello_frame`].
 pub fn hello_frame_with_token(
     client_id: u64,
     interval_ms: u32,
     token: &[u8],
 ) -> Result<Vec<u8>, ProtocolError> {
-    if token.len() > HELLO_TOKEN_MAX {
-        let len = (HELLO_LEN + token.len()) as u32;
-        return Err(ProtocolError::BadLength {
-            kind: Kind::Hello,
-            len,
+    let len = HELLO_LEN + token.len();
+    if token.len() > TOKEN_MAX {
+        return Err(ProtocolError::TooLarge {
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            max: HELLO_MAX_LEN as u32,
         });
     }
-    let mut f = header_bytes(Kind::Hello, (HELLO_LEN + token.len()) as u32).to_vec();
-    f.extend_from_slice(&client_id.to_be_bytes());
-    f.extend_from_slice(&interval_ms.to_be_bytes());
-    f.extend_from_slice(token);
-    Ok(f)
+    let mut v = Vec::with_capacity(HEADER_LEN + len);
+    v.extend_from_slice(&header_bytes(Kind::Hello, len as u32));
+    v.extend_from_slice(&client_id.to_be_bytes());
+    v.extend_from_slice(&interval_ms.to_be_bytes());
+    v.extend_from_slice(token);
+    Ok(v)
 }
 
 pub fn welcome_frame(session: u64, interval_ms: u32, timeout_ms: u32) -> [u8; WELCOME_FRAME_LEN] {
@@ -452,6 +458,7 @@ pub enum OwnedFrame {
     Hello {
         client_id: u64,
         interval_ms: u32,
+        token: Vec<u8>,
     },
     Welcome {
         session: u64,
@@ -473,9 +480,11 @@ impl From<Frame<'_>> for OwnedFrame {
             Frame::Hello {
                 client_id,
                 interval_ms,
+                token,
             } => OwnedFrame::Hello {
                 client_id,
                 interval_ms,
+                token: token.to_vec(),
             },
             Frame::Welcome {
                 session,
@@ -601,26 +610,44 @@ mod tests {
     }
 
     #[test]
-    fn hello_carries_a_token_of_up_to_512_bytes_whatever_max_payload_is() {
-        for ok in [12, 13, 524] {
-            assert!(
-                parse_header(&header_bytes(Kind::Hello, ok), 258).is_ok(),
-                "{ok}"
-            );
+    fn hello_carries_a_token_of_0_to_512_bytes_whatever_max_payload_is() {
+        let min_max = MIN_MAX_PAYLOAD;
+        for max in [min_max, MAX] {
+            for token_len in [0usize, 1, 512] {
+                let token = vec![b'x'; token_len];
+                let bytes = hello_frame_with_token(42, 7, &token).unwrap();
+                let h = parse_header(&head(&bytes), max).unwrap();
+                assert_eq!(h.frame_len(), bytes.len());
+                let f = parse_frame(h, &bytes[HEADER_LEN..]);
+                assert_eq!(
+                    f,
+                    Frame::Hello {
+                        client_id: 42,
+                        interval_ms: 7,
+                        token: &token
+                    }
+                );
+            }
+            let too_long = parse_header(&header_bytes(Kind::Hello, 12 + 513), max).unwrap_err();
+            assert_eq!(too_long.close_reason(), CloseReason::FrameTooLarge);
+            let short = parse_header(&header_bytes(Kind::Hello, 11), max).unwrap_err();
+            assert_eq!(short.close_reason(), CloseReason::ProtocolError);
         }
-        for bad in [0, 11] {
-            assert_eq!(
-                parse_header(&header_bytes(Kind::Hello, bad), MAX),
-                Err(ProtocolError::BadLength {
-                    kind: Kind::Hello,
-                    len: bad
-                })
-            );
+        assert!(hello_frame_with_token(1, 0, &[0u8; 513]).is_err());
+        assert_eq!(
+            hello_frame_with_token(1, 2, b"").unwrap(),
+            hello_frame(1, 2)
+        );
+    }
+
+    #[test]
+    fn close_reasons_round_trip_through_their_codes() {
+        for r in CloseReason::ALL {
+            assert_eq!(CloseReason::from_code(r.code()), Some(r));
         }
-        let err = parse_header(&header_bytes(Kind::Hello, 525), 1 << 20).unwrap_err();
-        assert_eq!(err.close_reason(), CloseReason::FrameTooLarge);
-        assert!(hello_frame_with_token(1, 0, &[b'x'; 512]).is_ok());
-        assert!(hello_frame_with_token(1, 0, &[b'x'; 513]).is_err());
+        assert_eq!(CloseReason::from_code(7), Some(CloseReason::Unauthorized));
+        assert_eq!(CloseReason::from_code(8), Some(CloseReason::Limited));
+        assert_eq!(CloseReason::from_code(9), None);
     }
 
     #[test]
@@ -678,10 +705,16 @@ mod tests {
 
     fn any_frame() -> impl Strategy<Value = OwnedFrame> {
         prop_oneof![
-            (any::<u64>(), any::<u32>()).prop_map(|(c, i)| OwnedFrame::Hello {
-                client_id: c,
-                interval_ms: i
-            }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..=TOKEN_MAX)
+            )
+                .prop_map(|(c, i, t)| OwnedFrame::Hello {
+                    client_id: c,
+                    interval_ms: i,
+                    token: t,
+                }),
             (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(s, i, t)| {
                 OwnedFrame::Welcome {
                     session: s,
@@ -704,7 +737,8 @@ mod tests {
             OwnedFrame::Hello {
                 client_id,
                 interval_ms,
-            } => hello_frame(*client_id, *interval_ms).to_vec(),
+                token,
+            } => hello_frame_with_token(*client_id, *interval_ms, token).unwrap(),
             OwnedFrame::Welcome {
                 session,
                 interval_ms,

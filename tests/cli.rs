@@ -104,3 +104,69 @@ fn a_config_file_sets_the_same_keys() {
     sigterm(server.child.id());
     assert_eq!(wait_exit(&mut server.child).0, Some(0));
 }
+
+fn token_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("run ringbeat token")
+}
+
+#[test]
+fn token_subcommand_mints_what_the_authenticator_accepts() {
+    use ringbeat::auth::{AuthError, Authenticator, KeySpec};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("k1.secret");
+    std::fs::write(&secret, "a-32-byte-or-longer-shared-secret!!\n").unwrap();
+    let key = format!("k1=hs256:{}", secret.display());
+    let out = token_cmd(&["--key", &key, "--client-id", "42", "--ttl", "1h"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.trim_end();
+    assert_eq!(stdout.lines().count(), 1);
+    assert_eq!(token.split('.').count(), 3, "compact JWT: {token}");
+    let spec: KeySpec = key.parse().unwrap();
+    let auth = Authenticator::new(&[spec], None).unwrap();
+    let now = ringbeat::auth::unix_now_s();
+    assert_eq!(auth.verify(42, token.as_bytes(), now), Ok(()));
+    assert_eq!(
+        auth.verify(43, token.as_bytes(), now),
+        Err(AuthError::WrongSubject)
+    );
+    assert_eq!(
+        auth.verify(42, token.as_bytes(), now + 3600),
+        Err(AuthError::Expired)
+    );
+}
+
+#[test]
+fn a_bad_key_file_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.secret");
+    std::fs::write(&short, "short\n").unwrap();
+    let short_key = format!("k1=hs256:{}", short.display());
+    let absent_key = format!("k2=eddsa:{}", dir.path().join("absent.pem").display());
+    for key in [&short_key, &absent_key] {
+        for args in [
+            vec!["token", "--key", key, "--client-id", "1"],
+            vec!["serve", "--listen", "127.0.0.1:0", "--auth-key", key],
+        ] {
+            let out = Command::new(BIN).args(&args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("ringbeat:")).collect();
+            assert_eq!(lines.len(), 1, "{stderr}");
+            assert!(lines[0].contains("\"k"), "names the kid: {stderr}");
+        }
+    }
+    bad_input_exits_2(&["serve", "--auth", "required"], "--auth-key");
+    bad_input_exits_2(
+        &["token", "--key", "k1", "--client-id", "1"],
+        "KID=hs256:FILE",
+    );
+}
