@@ -13,9 +13,10 @@ use anyhow::{bail, Context};
 use crossbeam_channel::Receiver;
 use socket2::{Domain, Socket, TcpKeepalive, Type};
 
+use crate::auth::{AuthError, AuthMode, AuthStats, Authenticator};
 use crate::config::{Config, IoMode};
 use crate::conn_table::{ConnTable, SLOTS_MAX};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, TokenCheck};
 use crate::events::{self, Event, EventSender};
 use crate::heartbeat::Timing;
 use crate::mailbox::{Peers, ShardMsg};
@@ -39,10 +40,53 @@ pub fn refusal_reserve(slots: u32) -> u32 {
     (slots / 16).clamp(1, 1024).min(slots.saturating_sub(1))
 }
 
+/// The engine's token check, carried out by the authenticator. Each shard
+/// gets its own clone (its own cache: no lock is shared between shards).
+#[derive(Debug)]
+struct ShardAuth(Authenticator);
+
+impl TokenCheck for ShardAuth {
+    fn required(&self) -> bool {
+        self.0.requires_hello()
+    }
+
+    fn verify(&self, client_id: u64, token: &[u8], now_unix_s: u64) -> bool {
+        self.0.check_hello(client_id, token, now_unix_s).is_ok()
+    }
+}
+
+/// Exports the authenticator's counters on /metrics.
+fn render_auth(stats: Arc<AuthStats>) -> crate::stats::ExtraRender {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    Box::new(move |out: &mut String| {
+        let _ = writeln!(
+            out,
+            "# HELP ringbeat_auth_verified Tokens accepted by a signature check.\n\
+             # TYPE ringbeat_auth_verified counter\n\
+             ringbeat_auth_verified_total {}\n\
+             # HELP ringbeat_auth_cache_hits Tokens accepted from a shard's cache.\n\
+             # TYPE ringbeat_auth_cache_hits counter\n\
+             ringbeat_auth_cache_hits_total {}\n\
+             # HELP ringbeat_auth_rejected Tokens refused, by reason.\n\
+             # TYPE ringbeat_auth_rejected counter",
+            stats.verified.load(Relaxed),
+            stats.cache_hits.load(Relaxed),
+        );
+        for (name, n) in AuthError::NAMES.iter().zip(&stats.rejected) {
+            let _ = writeln!(
+                out,
+                "ringbeat_auth_rejected_total{{reason=\"{name}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+    })
+}
+
 /// Whether connections need their peer address: events carry it, the
 /// per-address limit counts by it.
 fn keeps_peers(config: &Config, events: bool) -> bool {
-    events || config.max_conns_per_ip.is_some()
+    events || config.max_conns_per_ip.is_some() || config.proxy_protocol
 }
 
 /// The io mode chosen at start-up, and why.
@@ -223,6 +267,11 @@ impl Server {
         let (listeners, local_addrs) = bind_all(&config)?;
         let stats = Arc::new(Stats::new());
         stats.capacity.set(capacity as i64);
+        let auth = Authenticator::from_config(&config).context("auth keys")?;
+        tracing::info!(auth = ?auth.mode(), proxy_protocol = config.proxy_protocol, "identity");
+        if auth.mode() != AuthMode::Off {
+            stats.attach_render(render_auth(auth.stats().clone()));
+        }
         let metrics_addr = config
             .metrics
             .map(|addr| crate::metrics_http::spawn(addr, stats.clone()))
@@ -245,6 +294,7 @@ impl Server {
             per_ip: config
                 .max_conns_per_ip
                 .map(|n| Arc::new(PerIpLimit::new(n))),
+            auth: (auth.mode() != AuthMode::Off).then_some(&auth),
             events: &events,
             stats: &stats,
             live_total: Arc::new(AtomicU32::new(0)),
@@ -338,6 +388,7 @@ struct Shared<'a> {
     max_connections: u32,
     peers: &'a Arc<Peers>,
     per_ip: Option<Arc<PerIpLimit>>,
+    auth: Option<&'a Authenticator>,
     events: &'a Option<EventSender>,
     stats: &'a Arc<Stats>,
     live_total: Arc<AtomicU32>,
@@ -413,7 +464,9 @@ fn shard_spec(
             shard_limit: shared.shard_limit,
             events,
             multishot_recv: shared.plan.fast,
-            auth: None,
+            auth: shared
+                .auth
+                .map(|a| Arc::new(ShardAuth(a.clone())) as Arc<dyn TokenCheck>),
             per_ip: shared.per_ip.clone(),
             takeovers_per_min: config.max_takeovers_per_min,
             max_ping_rate: config.max_ping_rate,

@@ -207,6 +207,13 @@ impl Shard {
         self.spec
             .engine
             .set_clock((now_ns / tick_ns) as u32, now_ns);
+        if self.spec.engine.config().auth.is_some() {
+            // Token expiry is wall-clock time (one vDSO read a pass).
+            let unix_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.spec.engine.set_unix_time(unix_s);
+        }
     }
 
     fn arm_all_accepts(&mut self) -> std::io::Result<()> {

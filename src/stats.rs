@@ -44,6 +44,18 @@ const LAG_BUCKETS_S: [f64; 10] = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.
 /// Upper bounds (seconds) of the probe-RTT buckets.
 const RTT_BUCKETS_S: [f64; 10] = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0];
 
+/// Renders metrics another module keeps into the exposition.
+pub type ExtraRender = Box<dyn Fn(&mut String) + Send + Sync>;
+
+/// The attached renderers.
+struct Extras(Mutex<Vec<ExtraRender>>);
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Extras")
+    }
+}
+
 /// Process-wide metrics. Shards hold a [`ShardStats`] of pre-resolved handles.
 #[derive(Debug)]
 pub struct Stats {
@@ -74,6 +86,9 @@ pub struct Stats {
     close_frames_unsent: Family<ReasonLabel, Counter>,
     /// The event channel's loss counters, once a sink is attached.
     event_drops: OnceLock<Arc<EventDrops>>,
+    /// Renderers of metrics kept by other modules (authenticator, cluster),
+    /// appended to the exposition; attached at start-up.
+    extra: Extras,
     /// Sweep durations in nanoseconds.
     sweep_ns: Mutex<Histogram<u64>>,
     /// How late each tick (and so each sweep) ran, in nanoseconds.
@@ -120,6 +135,7 @@ impl Stats {
             evictions_deferred: Counter::default(),
             close_frames_unsent: Family::default(),
             event_drops: OnceLock::new(),
+            extra: Extras(Mutex::new(Vec::new())),
             sweep_ns: Mutex::new(histogram()),
             tick_lag_ns: Mutex::new(histogram()),
             rtt_us: Mutex::new(histogram()),
@@ -337,6 +353,12 @@ impl Stats {
         let _ = self.event_drops.set(drops);
     }
 
+    /// Appends `render`'s lines (Prometheus text, with their HELP and TYPE)
+    /// to every exposition.
+    pub fn attach_render(&self, render: ExtraRender) {
+        self.extra.0.lock().expect("stats lock").push(render);
+    }
+
     fn render_event_drops(&self, out: &mut String) {
         let none = EventDrops::default();
         let drops = self.event_drops.get().map_or(&none, |d| &**d);
@@ -385,6 +407,9 @@ impl Stats {
             &RTT_BUCKETS_S,
         );
         self.render_event_drops(&mut out);
+        for render in self.extra.0.lock().expect("stats lock").iter() {
+            render(&mut out);
+        }
         out.push_str("# EOF\n");
         out
     }

@@ -167,13 +167,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(auth = ?auth.mode(), proxy_protocol = config.proxy_protocol, "identity settings");
-    // LEAD: hand `auth` to the server (one clone per shard) and drop this
-    // warning: until then tokens are checked for syntax at start-up only.
-    if auth.mode() != ringbeat::auth::AuthMode::Off {
-        tracing::warn!("--auth is configured but this build's engine does not enforce it yet");
-    }
-    drop(auth);
+    drop(auth); // the server loads the keys again for its shards
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
