@@ -15,6 +15,9 @@ use ringbeat::config::{Config, ServeArgs};
 use ringbeat::protocol::{self, CloseReason, OwnedFrame};
 use ringbeat::server::Server;
 
+/// What a test connection sends first.
+type Send<'a> = Box<dyn Fn(&mut Peer) + 'a>;
+
 const UNAUTHORIZED: u16 = CloseReason::Unauthorized as u16;
 
 fn key(dir: &Path, kid: &str, secret: &str) -> KeySpec {
@@ -63,7 +66,7 @@ fn every_unproven_connection_is_unauthorized_and_a_valid_token_welcomed() {
         let server = start(mode, vec![k1.clone()]);
         let addr = server.local_addrs()[0];
         let now = now_s();
-        let cases: [(&str, Box<dyn Fn(&mut Peer)>); 6] = [
+        let cases: [(&str, Send<'_>); 6] = [
             ("no token", Box::new(|p| hello(p, 42, b""))),
             (
                 "expired",
