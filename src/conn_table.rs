@@ -67,6 +67,8 @@ pub mod flag {
     pub const IP_COUNTED: u16 = 1 << 10;
     /// The phi detector suspects it (a `suspect` event was emitted).
     pub const SUSPECTED: u16 = 1 << 11;
+    /// Its PROXY protocol header has not arrived yet.
+    pub const AWAIT_PROXY: u16 = 1 << 12;
 }
 
 /// The per-shard flat arrays.
@@ -247,6 +249,19 @@ impl ConnTable {
 
     pub fn clear(&mut self, slot: u32, bit: u16) {
         self.flags[slot as usize] &= !bit;
+    }
+
+    /// Sets the peer address (from a PROXY header), if peers are kept.
+    pub fn set_peer(&mut self, slot: u32, peer: SocketAddr) {
+        let i = slot as usize;
+        if !self.peer_ip.is_empty() {
+            let (ip, port) = match peer {
+                SocketAddr::V4(v4) => (u32::from(*v4.ip()), v4.port()),
+                SocketAddr::V6(_) => (0, 0),
+            };
+            self.peer_ip[i] = ip;
+            self.peer_port[i] = port;
+        }
     }
 
     /// The peer address, if peers are kept (IPv4 only; IPv6 peers read as

@@ -33,6 +33,7 @@ mod guard;
 mod input;
 mod pause;
 mod phi;
+mod proxy;
 
 pub use close::{CLOSE_LINGER_MS, SWEEP_DEFER_MAX};
 pub use command::Command;
@@ -128,6 +129,8 @@ pub struct EngineConfig {
     pub max_ping_rate: u32,
     /// `Some(threshold)`: the phi accrual detector emits `suspect` events.
     pub phi_threshold: Option<f64>,
+    /// Every connection starts with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// One shard's protocol state.
@@ -311,6 +314,10 @@ impl Engine {
         if live > self.cfg.max_connections || self.table.open_count() > self.cfg.shard_limit {
             self.stats.refused_overloaded.inc();
             self.close(slot, CloseCause::Server(CloseReason::Overloaded), sends);
+        } else if self.cfg.proxy_protocol {
+            // Counted by address once the header names the real one.
+            self.table.set(slot, flag::AWAIT_PROXY);
+            self.arm_recv(slot);
         } else if !self.count_source(slot, peer) {
             self.stats.limited_ip.inc();
             self.close(slot, CloseCause::Server(CloseReason::Limited), sends);
@@ -322,7 +329,7 @@ impl Engine {
 
     /// Counts the connection against its address's limit (IPv4 sources;
     /// IPv6 ones are not limited). False when the address is at its limit.
-    fn count_source(&mut self, slot: u32, peer: Option<SocketAddr>) -> bool {
+    pub(super) fn count_source(&mut self, slot: u32, peer: Option<SocketAddr>) -> bool {
         let (Some(limit), Some(SocketAddr::V4(v4))) = (&self.cfg.per_ip, peer) else {
             return true;
         };

@@ -470,6 +470,7 @@ fn shard_spec(
             per_ip: shared.per_ip.clone(),
             takeovers_per_min: config.max_takeovers_per_min,
             max_ping_rate: config.max_ping_rate,
+            proxy_protocol: config.proxy_protocol,
             phi_threshold: (config.detector == crate::config::Detector::Phi)
                 .then_some(config.phi_threshold),
             offline_grace_ticks: Timing::from_config(config)

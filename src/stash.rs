@@ -16,6 +16,7 @@
 
 use crate::conn_table::NONE;
 use crate::protocol::{HEADER_LEN, HELLO_LEN, HELLO_MAX_LEN};
+use crate::proxy_v2::HEADER_MAX_BYTES;
 
 /// Most bytes of a frame kept per slot: header plus the largest fixed
 /// payload the server reads (HELLO's 12; PING/PONG 8, CLOSE's reason 2).
@@ -24,6 +25,13 @@ pub const KEEP_MAX: usize = HEADER_LEN + HELLO_LEN;
 pub const BYTES_PER_SLOT: usize = KEEP_MAX + 1 + 4;
 /// A whole HELLO frame with the largest token.
 pub const HELLO_FRAME_MAX: usize = HEADER_LEN + HELLO_MAX_LEN;
+/// What a pool entry holds: a whole HELLO or a PROXY v2 header (one byte
+/// over its limit, so an oversized one is seen and refused).
+pub const ENTRY_MAX: usize = if HELLO_FRAME_MAX > HEADER_MAX_BYTES + 1 {
+    HELLO_FRAME_MAX
+} else {
+    HEADER_MAX_BYTES + 1
+};
 
 /// One slot's incomplete frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,7 +86,7 @@ struct HelloEntry {
     generation: u32,
     since_tick: u32,
     have: u16,
-    buf: Box<[u8; HELLO_FRAME_MAX]>,
+    buf: Box<[u8; ENTRY_MAX]>,
 }
 
 /// A bounded pool of HELLO frames being assembled, with reclaim of the
@@ -102,7 +110,7 @@ impl HelloPool {
                 generation: 0,
                 since_tick: 0,
                 have: 0,
-                buf: Box::new([0; HELLO_FRAME_MAX]),
+                buf: Box::new([0; ENTRY_MAX]),
             })
             .collect();
         HelloPool {

@@ -81,6 +81,8 @@ pub struct Stats {
     pub resumed: Counter,
     pub suspected: Counter,
     pub recovered: Counter,
+    pub proxied: Counter,
+    pub proxy_refused: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: Family<ReasonLabel, Counter>,
@@ -131,6 +133,8 @@ impl Stats {
             resumed: Counter::default(),
             suspected: Counter::default(),
             recovered: Counter::default(),
+            proxied: Counter::default(),
+            proxy_refused: Counter::default(),
             sweeps_deferred: Counter::default(),
             evictions_deferred: Counter::default(),
             close_frames_unsent: Family::default(),
@@ -247,6 +251,16 @@ impl Stats {
             self.recovered.clone(),
         );
         r.register(
+            "ringbeat_proxied",
+            "Connections whose PROXY v2 header named the client (--proxy-protocol)",
+            self.proxied.clone(),
+        );
+        r.register(
+            "ringbeat_proxy_refused",
+            "Connections closed for a missing or invalid PROXY v2 header",
+            self.proxy_refused.clone(),
+        );
+        r.register(
             "ringbeat_sweeps_deferred",
             "Sweeps whose evictions were deferred: the shard ran late",
             self.sweeps_deferred.clone(),
@@ -306,6 +320,8 @@ impl Stats {
             resumed: self.resumed.clone(),
             suspected: self.suspected.clone(),
             recovered: self.recovered.clone(),
+            proxied: self.proxied.clone(),
+            proxy_refused: self.proxy_refused.clone(),
             sweeps_deferred: self.sweeps_deferred.clone(),
             evictions_deferred: self.evictions_deferred.clone(),
             close_frames_unsent: CloseReason::ALL.map(|r| {
@@ -466,6 +482,8 @@ pub struct ShardStats {
     pub resumed: Counter,
     pub suspected: Counter,
     pub recovered: Counter,
+    pub proxied: Counter,
+    pub proxy_refused: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
     close_frames_unsent: [Counter; CloseReason::ALL.len()],

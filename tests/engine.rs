@@ -115,6 +115,7 @@ impl Sim {
             offline_grace_ticks: 0,
             max_ping_rate: 0,
             phi_threshold: None,
+            proxy_protocol: false,
         };
         tune(&mut cfg);
         let e = Engine::new(
@@ -1364,5 +1365,76 @@ fn phi_does_not_suspect_a_client_within_its_usual_jitter() {
         s.metric("ringbeat_suspected_total"),
         0,
         "no false suspicion"
+    );
+}
+
+fn with_proxy(tune: impl FnOnce(&mut EngineConfig)) -> Sim {
+    Sim::with(0, 1, timing(10_000, 30_000), false, 1000, 256, |c| {
+        c.proxy_protocol = true;
+        tune(c);
+    })
+}
+
+fn proxy_header(source: &str) -> Vec<u8> {
+    ringbeat::proxy_v2::encode(
+        source.parse().unwrap(),
+        "10.9.9.9:7700".parse().unwrap(),
+        b"",
+    )
+}
+
+#[test]
+fn a_proxy_header_names_the_client_even_split_byte_by_byte() {
+    let mut s = with_proxy(|_| {});
+    let balancer = Some(std::net::SocketAddr::from(([10, 9, 9, 1], 5555)));
+    let mut bytes = proxy_header("203.0.113.7:4242");
+    bytes.extend(protocol::hello_frame(42, 0));
+    s.open_from(0, balancer);
+    for b in &bytes {
+        s.recv(0, std::slice::from_ref(b));
+    }
+    assert!(matches!(s.frames(0)[..], [OwnedFrame::Welcome { .. }]));
+    assert_eq!(s.events[0].peer.as_deref(), Some("203.0.113.7:4242"));
+    s.open_from(1, balancer);
+    let mut whole = proxy_header("203.0.113.8:1");
+    whole.extend(protocol::ping_frame([3; 8]));
+    s.recv(1, &whole);
+    assert_eq!(s.frames(1), [OwnedFrame::Pong([3; 8])]);
+    assert_eq!(s.metric("ringbeat_proxied_total"), 2);
+}
+
+#[test]
+fn a_connection_without_a_valid_proxy_header_is_refused_and_counted() {
+    let mut s = with_proxy(|_| {});
+    s.open(0);
+    s.recv(0, &protocol::ping_frame([0; 8])); // no header at all
+    assert_eq!(
+        close_reason(&s.frames(0)),
+        Some(CloseReason::ProtocolError.code())
+    );
+    s.open(1);
+    s.recv(1, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"); // version 1
+    assert_eq!(s.state(1), State::Free);
+    assert_eq!(s.metric("ringbeat_proxy_refused_total"), 2);
+    assert!(s.events.is_empty());
+}
+
+#[test]
+fn behind_a_proxy_the_per_address_limit_counts_the_real_address() {
+    let mut s = with_proxy(|c| c.per_ip = Some(Arc::new(PerIpLimit::new(1))));
+    let balancer = Some(std::net::SocketAddr::from(([10, 9, 9, 1], 5555)));
+    for (slot, src) in ["198.51.100.1:1", "198.51.100.2:1", "198.51.100.1:2"]
+        .iter()
+        .enumerate()
+    {
+        s.open_from(slot as u32, balancer);
+        s.recv(slot as u32, &proxy_header(src));
+    }
+    assert_eq!(s.state(0), State::Open);
+    assert_eq!(s.state(1), State::Open, "one balancer, many clients");
+    assert_eq!(
+        close_reason(&s.frames(2)),
+        Some(CloseReason::Limited.code()),
+        "the second from .1"
     );
 }

@@ -131,3 +131,32 @@ fn an_attacker_without_a_token_cannot_take_over_and_two_kids_rotate_keys() {
         stop(server);
     }
 }
+
+#[test]
+fn behind_a_proxy_events_carry_the_client_address_and_a_bad_header_is_refused() {
+    for mode in MODES {
+        let args = ServeArgs {
+            proxy_protocol: true,
+            ..common::args(mode)
+        };
+        let config = Config::resolve(args).unwrap();
+        let (server, events) = Server::start_with_events(config).unwrap();
+        let addr = server.local_addrs()[0];
+        let mut p = Peer::connect(addr);
+        let source = "203.0.113.9:40000".parse().unwrap();
+        p.send(&ringbeat::proxy_v2::encode(source, addr, b""));
+        hello(&mut p, 5, b"");
+        p.expect_welcome();
+        let online = events.recv_timeout(common::SLACK).unwrap();
+        assert_eq!(
+            online.peer.as_deref(),
+            Some("203.0.113.9:40000"),
+            "{mode:?}"
+        );
+        let mut bad = Peer::connect(addr);
+        bad.ping(1);
+        bad.expect_close(CloseReason::ProtocolError as u16);
+        assert_eq!(metric(server.stats(), "ringbeat_proxy_refused_total"), 1);
+        stop(server);
+    }
+}

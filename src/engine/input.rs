@@ -4,7 +4,7 @@
 //! in an entry of the shared HELLO pool (see `stash`).
 
 use super::{CloseCause, Engine};
-use crate::conn_table::NONE;
+use crate::conn_table::{flag, NONE};
 use crate::protocol::{self, CloseReason, Header, Kind, HEADER_LEN, HELLO_LEN};
 use crate::send_pool::SendPool;
 use crate::stash::{Partial, HELLO_FRAME_MAX, KEEP_MAX};
@@ -39,6 +39,12 @@ impl Engine {
     /// Parses input of an open slot.
     pub(super) fn parse_input(&mut self, slot: u32, data: &[u8], sends: &mut SendPool) {
         let mut rest = data;
+        if self.table.has(slot, flag::AWAIT_PROXY) {
+            match self.feed_proxy(slot, rest, sends) {
+                Some(r) => rest = r,
+                None => return,
+            }
+        }
         if self.stash.active(slot) {
             match self.feed_partial(slot, rest, sends) {
                 Some(r) => rest = r,
@@ -146,7 +152,7 @@ impl Engine {
     /// A HELLO pool entry for `slot`; when the pool is full the connection
     /// that waited longest on a half-sent HELLO loses its entry and is
     /// closed with CLOSE(OVERLOADED) (counted).
-    fn alloc_hello(&mut self, slot: u32, sends: &mut SendPool) -> u32 {
+    pub(super) fn alloc_hello(&mut self, slot: u32, sends: &mut SendPool) -> u32 {
         let generation = self.table.generation[slot as usize];
         let (index, reclaimed) = self.hellos.alloc(slot, generation, self.now_tick);
         self.table.partial[slot as usize] = index;
