@@ -129,7 +129,7 @@ def measure(p, rnd):
         "detection_ms_max": r["detection_ms"]["max"],
         "silent_evicted": r["silent_evicted"], "silent_total": r["silent_total"],
         "false_evictions": r["false_evictions"],
-        # Evictions the load generator caused by sending late (schema 3+).
+        # Evictions the load generator caused by sending late (load schema 2+).
         "late_client_evictions": r.get("late_client_evictions", 0),
         "rtt_us_p99": r["rtt_us"]["p99"],
         "accept_rate_per_s": r["connect_rate_per_s"],
