@@ -29,6 +29,8 @@ pub const TICK_MAX: Duration = Duration::from_secs(10);
 /// Default and largest `batch_wait`.
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
 pub const BATCH_WAIT_MAX: Duration = Duration::from_millis(50);
+/// Default `rtt_budget`: the most batching may add to a PONG's round trip.
+pub const DEFAULT_RTT_BUDGET: Duration = Duration::from_millis(2);
 /// Largest timeout in ticks: ages are u32 tick differences and must never
 /// come near wrap-around.
 pub const TIMEOUT_TICKS_MAX: u64 = 1 << 30;
@@ -126,6 +128,11 @@ pub struct ServeArgs {
     /// rate fills it (kernel 6.12+; 0 = off) [default: 10ms, at most tick/4]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub batch_wait: Option<Duration>,
+    /// The most batched waits may delay a reply: the batching window adapts
+    /// to the completion rate within this (and within --batch-wait, its
+    /// hard cap) [default: 2ms]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub rtt_budget: Option<Duration>,
     /// Shard threads, each with its own ring and listener [default: cores]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
@@ -211,6 +218,8 @@ pub struct FileConfig {
     pub tick: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub batch_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub rtt_budget: Option<Duration>,
     pub shards: Option<usize>,
     pub max_payload: Option<u32>,
     pub max_connections: Option<u32>,
@@ -263,6 +272,8 @@ pub struct Config {
     pub tick: Duration,
     /// Longest a shard gathers completions before handling them.
     pub batch_wait: Duration,
+    /// The most batching may add to a reply (see [`Config::batch_window_cap`]).
+    pub rtt_budget: Duration,
     pub shards: usize,
     pub max_payload: u32,
     pub max_connections: u32,
@@ -353,6 +364,10 @@ impl Config {
                 .batch_wait
                 .or(file.batch_wait)
                 .unwrap_or(DEFAULT_BATCH_WAIT.min(tick / 4)),
+            rtt_budget: args
+                .rtt_budget
+                .or(file.rtt_budget)
+                .unwrap_or(DEFAULT_RTT_BUDGET),
             shards: args.shards.or(file.shards).unwrap_or_else(cores),
             max_payload: args
                 .max_payload
@@ -392,6 +407,12 @@ impl Config {
         Ok(config)
     }
 
+    /// The longest batching window a shard may use: the RTT budget, never
+    /// more than `--batch-wait` (pass it to `BatchWait::new`).
+    pub fn batch_window_cap(&self) -> Duration {
+        self.rtt_budget.min(self.batch_wait)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.listen.is_empty() {
@@ -407,6 +428,12 @@ impl Config {
             return bad(format!(
                 "--batch-wait must be at most {BATCH_WAIT_MAX:?} and half a --tick, got {:?}",
                 self.batch_wait
+            ));
+        }
+        if self.rtt_budget > self.tick {
+            return bad(format!(
+                "--rtt-budget must be at most a --tick ({:?}), got {:?}",
+                self.tick, self.rtt_budget
             ));
         }
         if self.interval < self.tick {
@@ -549,6 +576,24 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--batch-wait"), "{err}");
+    }
+
+    #[test]
+    fn rtt_budget_caps_the_batch_window_and_batch_wait_caps_it() {
+        let c = Config::default();
+        assert_eq!(c.batch_window_cap(), DEFAULT_RTT_BUDGET);
+        let small = Config::resolve(ServeArgs {
+            batch_wait: Some(Duration::from_micros(500)),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(small.batch_window_cap(), Duration::from_micros(500));
+        let err = Config::resolve(ServeArgs {
+            rtt_budget: Some(Duration::from_millis(200)),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--rtt-budget"), "{err}");
     }
 
     #[test]
