@@ -654,7 +654,7 @@ impl Engine {
             self.cfg.probe,
             &mut verdicts,
         );
-        let defer = self.defer_evictions(due_tick, &verdicts);
+        let defer = self.defer_evictions(due_tick);
         for &(slot, verdict) in &verdicts {
             match verdict {
                 Verdict::Evict if defer || self.input_waiting(slot) => {}

@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use super::{CloseCause, Command, Engine};
 use crate::conn_table::{flag, State, NONE};
 use crate::events::{Event, EventKind, OfflineReason};
-use crate::heartbeat::Verdict;
 use crate::mailbox::{HeldOffline, ShardMsg, ToHome};
 use crate::protocol;
 use crate::send_pool::SendPool;
@@ -240,16 +239,16 @@ impl Engine {
 
     /// Whether this sweep's evictions wait a tick: the tick ran so late
     /// (`due_tick` against now) that the shard was stalled, and it has not
-    /// deferred [`SWEEP_DEFER_MAX`] times in a row yet.
-    pub(super) fn defer_evictions(&mut self, due_tick: u32, verdicts: &[(u32, Verdict)]) -> bool {
+    /// deferred [`SWEEP_DEFER_MAX`] times in a row yet. Counted whether or
+    /// not a connection was stale this time: the rule was in force.
+    pub(super) fn defer_evictions(&mut self, due_tick: u32) -> bool {
         let late_ticks = self.now_tick.saturating_sub(due_tick);
         let late = late_ticks > self.cfg.timing.ticks(LATE_MS_MAX).max(2);
         if !late {
             self.deferred_in_row = 0;
             return false;
         }
-        let evicts = verdicts.iter().any(|(_, v)| *v == Verdict::Evict);
-        if !evicts || self.deferred_in_row >= SWEEP_DEFER_MAX {
+        if self.deferred_in_row >= SWEEP_DEFER_MAX {
             return false;
         }
         self.deferred_in_row += 1;
