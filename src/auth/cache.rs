@@ -1,4 +1,4 @@
-//! A fixed-size, direct-mapped cache of verified tokens, so a reconnect storm
+//! A fixed-size, 2-way set-associative cache of verified tokens, so a reconnect storm
 //! re-verifies no signature. An entry is (SHA-256 of the token bytes, first
 //! 16 bytes) → (client_id, exp). A hit needs the same digest, the same
 //! client_id and `now < exp`: the cache can only answer "yes" where a full
@@ -26,8 +26,9 @@ impl TokenDigest {
         TokenDigest(d)
     }
 
-    fn index(&self, mask: usize) -> usize {
-        u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes")) as usize & mask
+    /// The first of the two slots of this digest's set.
+    fn set(&self, mask: usize) -> usize {
+        u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes")) as usize & mask & !1
     }
 }
 
@@ -63,9 +64,9 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    /// `entries` is rounded up to a power of two (at least 1).
+    /// `entries` is rounded up to a power of two (at least 2: one set).
     pub fn new(entries: usize) -> TokenCache {
-        let n = entries.max(1).next_power_of_two();
+        let n = entries.max(2).next_power_of_two();
         TokenCache {
             entries: vec![Entry::default(); n].into_boxed_slice(),
             mask: n - 1,
@@ -73,11 +74,13 @@ impl TokenCache {
     }
 
     pub fn lookup(&self, digest: &TokenDigest, client_id: u64, now_unix_s: u64) -> Lookup {
-        let e = &self.entries[digest.index(self.mask)];
-        let hit = e.exp_unix_s != 0
-            && e.digest == digest.0
-            && e.client_id == client_id
-            && now_unix_s < e.exp_unix_s;
+        let set = digest.set(self.mask);
+        let hit = self.entries[set..set + 2].iter().any(|e| {
+            e.exp_unix_s != 0
+                && e.digest == digest.0
+                && e.client_id == client_id
+                && now_unix_s < e.exp_unix_s
+        });
         if hit {
             Lookup::Hit
         } else {
@@ -85,10 +88,17 @@ impl TokenCache {
         }
     }
 
-    /// Remembers a token that just verified. Returns whether it replaced a
-    /// live entry of another token (the cache is full at that index).
+    /// Remembers a token that just verified: in the slot holding the same
+    /// digest, else the one expiring first (an empty slot has exp 0).
+    /// Returns whether it replaced another token's entry (the set is full).
     pub fn insert(&mut self, digest: &TokenDigest, client_id: u64, exp_unix_s: u64) -> bool {
-        let e = &mut self.entries[digest.index(self.mask)];
+        let set = digest.set(self.mask);
+        let pair = &mut self.entries[set..set + 2];
+        let slot = match pair.iter().position(|e| e.digest == digest.0) {
+            Some(i) => i,
+            None => usize::from(pair[1].exp_unix_s < pair[0].exp_unix_s),
+        };
+        let e = &mut pair[slot];
         let replaced = e.exp_unix_s != 0 && e.digest != digest.0;
         *e = Entry {
             digest: digest.0,
