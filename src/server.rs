@@ -499,7 +499,7 @@ fn shard_spec(
         // stalled replies for up to a second (RTT p99 4.9 ms -> 420 ms at
         // 15K clients), so only fast mode batches.
         batch_wait_us: if shared.plan.fast {
-            config.batch_wait.as_micros() as u32
+            config.batch_window_cap().as_micros() as u32
         } else {
             0
         },
