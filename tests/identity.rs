@@ -160,3 +160,19 @@ fn behind_a_proxy_events_carry_the_client_address_and_a_bad_header_is_refused() 
         stop(server);
     }
 }
+
+#[test]
+fn a_hello_asking_for_a_longer_interval_gets_the_servers() {
+    for mode in MODES {
+        let server = Server::start(Config::resolve(common::args(mode)).unwrap()).unwrap();
+        let mut p = Peer::connect(server.local_addrs()[0]);
+        p.send(&protocol::hello_frame(0, u32::MAX));
+        let (_, interval_ms, timeout_ms) = p.expect_welcome();
+        assert_eq!((interval_ms, timeout_ms), (10_000, 30_000), "{mode:?}");
+        let mut short = Peer::connect(server.local_addrs()[0]);
+        short.send(&protocol::hello_frame(0, 2_000));
+        let (_, interval_ms, _) = short.expect_welcome();
+        assert_eq!(interval_ms, 2_000, "shortening is allowed");
+        stop(server);
+    }
+}
