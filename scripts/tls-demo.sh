@@ -20,8 +20,10 @@ cd "$(dirname "$0")/.."
 proxy_flag=--proxy-protocol
 send_proxy=send-proxy-v2
 if [ "${TLS_DEMO_NO_PROXY:-}" = 1 ]; then proxy_flag=""; send_proxy=""; fi
-tls_port=7943
-rb_port=7942
+# Free loopback ports, so two runs on a shared box do not collide.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+tls_port=$(free_port)
+rb_port=$(free_port)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -51,8 +53,8 @@ chmod 600 "$work/k1.secret" "$work/key.pem" "$work/haproxy.pem"
 
 cargo build --release --quiet --bin ringbeat
 cargo build --release --quiet --features tls --example client
-rb=target/release/ringbeat
-client=target/release/examples/client
+rb=${CARGO_TARGET_DIR:-target}/release/ringbeat
+client=${CARGO_TARGET_DIR:-target}/release/examples/client
 
 "$rb" serve --listen 127.0.0.1:$rb_port $proxy_flag --shards 1 \
   --auth-key "k1=hs256:$work/k1.secret" --events "$work/events.jsonl" \
