@@ -142,6 +142,68 @@ fn inet6(body: &[u8]) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port(&body[32..34]))
 }
 
+/// What [`Prefix::feed`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed<'a> {
+    /// The header is not complete; the bytes were kept.
+    NeedMore,
+    /// The header is complete. `rest` is what followed it in the bytes just
+    /// fed: the start of the ringbeat stream.
+    Done {
+        source: Option<SocketAddr>,
+        rest: &'a [u8],
+    },
+}
+
+/// The part of a PROXY header received so far, for a connection whose
+/// header arrives in pieces: at most [`HEADER_MAX_BYTES`] bytes, and only
+/// until the header is complete. (Most headers arrive whole in the first
+/// read; [`Prefix::feed`] then parses them in place without a copy.)
+#[derive(Clone, Debug)]
+pub struct Prefix {
+    buf: [u8; HEADER_MAX_BYTES],
+    len: usize,
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Prefix {
+            buf: [0; HEADER_MAX_BYTES],
+            len: 0,
+        }
+    }
+}
+
+impl Prefix {
+    /// Bytes held (all of them header bytes).
+    pub fn held(&self) -> usize {
+        self.len
+    }
+
+    /// Takes the next bytes read from the connection.
+    pub fn feed<'a>(&mut self, bytes: &'a [u8]) -> Result<Feed<'a>, ProxyError> {
+        if self.len == 0 {
+            if let Parsed::Done { source, header_len } = parse(bytes)? {
+                return Ok(Feed::Done {
+                    source,
+                    rest: &bytes[header_len..],
+                });
+            }
+        }
+        let take = bytes.len().min(HEADER_MAX_BYTES - self.len);
+        let old = self.len;
+        self.buf[old..old + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
+        match parse(&self.buf[..self.len])? {
+            Parsed::Incomplete => Ok(Feed::NeedMore),
+            Parsed::Done { source, header_len } => Ok(Feed::Done {
+                source,
+                rest: &bytes[header_len - old..],
+            }),
+        }
+    }
+}
+
 /// Encodes a PROXY v2 header for `source` → `dest` (tests, load tools and
 /// the demo script's checks). Both addresses must be the same family.
 pub fn encode(source: SocketAddr, dest: SocketAddr, tlv_bytes: &[u8]) -> Vec<u8> {

@@ -423,3 +423,25 @@ fn spread_statistic_tells_a_herd_from_jitter() {
     assert!((s.p90_minus_p10_ms - 1200.0).abs() < 5.0);
     assert!((s.busiest_window_share - 0.1).abs() < 0.01);
 }
+
+/// Revision 2 on the wire: a HELLO carrying a 512-byte token is a valid
+/// frame to a server without auth (it ignores the token), in both io modes;
+/// the session then runs as usual. PINGs after the HELLO prove the engine
+/// skipped exactly the token's bytes.
+#[test]
+fn a_server_without_auth_accepts_and_ignores_a_hello_token() {
+    for mode in common::MODES {
+        if ringbeat::ring::Features::probe().fast_mode_ready().is_err() && mode == IoMode::Fast {
+            continue;
+        }
+        let server = common::start(common::timed_args(mode, 200, 2_000, 20));
+        let addr = server.local_addrs()[0];
+        let client = Client::start(client_config(addr, 77).token("t".repeat(512))).unwrap();
+        wait_connected(client.events());
+        // Several intervals of PING/PONG: no PongTimeout, no protocol error.
+        std::thread::sleep(INTERVAL * 5);
+        assert!(client.is_connected(), "{mode:?}");
+        client.close();
+        common::stop(server);
+    }
+}

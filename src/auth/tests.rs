@@ -195,6 +195,12 @@ fn alg_confusion_hs256_signed_with_the_ed25519_public_key_is_refused() {
     let f = fixture();
     for secret in [ED_PUBLIC.as_bytes(), ED_PUBLIC.trim_end().as_bytes()] {
         let t = hs("ed", secret, claims("42", NOW + 60));
+        // Refused by our own rule, before the JWT crate's family check (a
+        // second line of defence) is reached.
+        assert!(matches!(
+            f.auth.key_for(&t),
+            Err(AuthError::AlgMismatch { .. })
+        ));
         assert_eq!(
             f.auth.verify(42, t.as_bytes(), NOW),
             Err(AuthError::AlgMismatch { kid: "ed".into() })

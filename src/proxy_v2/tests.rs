@@ -165,7 +165,75 @@ fn any_valid_header() -> impl Strategy<Value = (Vec<u8>, Option<SocketAddr>)> {
         .prop_map(|((s, d), tlv)| (encode(s, d, &tlv), Some(s)))
 }
 
+#[test]
+fn prefix_reassembles_a_header_fed_byte_by_byte_and_hands_back_the_rest() {
+    let (s, d) = v4();
+    let mut stream = encode(s, d, &[0x04, 0, 1, 0]);
+    let header_len = stream.len();
+    stream.extend_from_slice(b"R\x01");
+    let mut p = Prefix::default();
+    for (i, b) in stream[..header_len - 1].iter().enumerate() {
+        assert_eq!(
+            p.feed(std::slice::from_ref(b)),
+            Ok(Feed::NeedMore),
+            "byte {i}"
+        );
+    }
+    assert_eq!(p.held(), header_len - 1);
+    assert_eq!(
+        p.feed(&stream[header_len - 1..]),
+        Ok(Feed::Done {
+            source: Some(s),
+            rest: b"R\x01"
+        })
+    );
+    // Whole in one read: no copy, same answer.
+    let mut p = Prefix::default();
+    assert_eq!(
+        p.feed(&stream),
+        Ok(Feed::Done {
+            source: Some(s),
+            rest: b"R\x01"
+        })
+    );
+    assert_eq!(p.held(), 0);
+    // A header that claims more than the bound is refused on its 16th byte.
+    let mut p = Prefix::default();
+    let big = raw(0x21, 0x11, &[0; 600]);
+    assert_eq!(p.feed(&big[..15]), Ok(Feed::NeedMore));
+    assert_eq!(p.feed(&big[15..]), Err(ProxyError::TooLarge(616)));
+    assert!(p.held() <= HEADER_MAX_BYTES);
+}
+
 proptest! {
+    #[test]
+    fn prefix_agrees_with_parse_for_any_split(
+        (header, source) in any_valid_header(),
+        cuts in proptest::collection::vec(1usize..64, 0..20),
+    ) {
+        let mut stream = header.clone();
+        stream.extend_from_slice(b"after");
+        let mut p = Prefix::default();
+        let mut at = 0usize;
+        let mut done = None;
+        for cut in cuts.into_iter().chain(std::iter::once(usize::MAX)) {
+            let end = stream.len().min(at.saturating_add(cut));
+            match p.feed(&stream[at..end]).unwrap() {
+                Feed::NeedMore => prop_assert!(end < header.len()),
+                Feed::Done { source, rest } => {
+                    done = Some((source, rest.to_vec(), end));
+                    break;
+                }
+            }
+            at = end;
+        }
+        let (got_source, rest, end) = done.expect("done by the end");
+        prop_assert_eq!(got_source, source);
+        let mut after = rest;
+        after.extend_from_slice(&stream[end..]);
+        prop_assert_eq!(after, b"after".to_vec());
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
         let _ = parse(&bytes);
