@@ -584,4 +584,44 @@ mod tests {
         assert_eq!(tx.dropped(), 3);
         drop(rx);
     }
+
+    #[test]
+    fn loss_log_reports_once_per_interval_with_the_count_since_the_last_report() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut log = LossLog::default();
+        assert_eq!(log.lost(3, ms(0)), Some(3), "the first loss is reported");
+        for i in 1..1_000 {
+            assert_eq!(log.lost(2, ms(i)), None, "one report per interval");
+        }
+        assert_eq!(log.lost(1, ms(LOSS_LOG_INTERVAL_MS - 1)), None);
+        assert_eq!(log.lost(1, ms(LOSS_LOG_INTERVAL_MS)), Some(2 * 999 + 2));
+        assert_eq!(
+            log.lost(0, ms(3 * LOSS_LOG_INTERVAL_MS)),
+            None,
+            "nothing to say"
+        );
+    }
+
+    #[test]
+    fn batch_counts_only_whole_lines() {
+        let mut b = Batch::default();
+        b.push(&Event::new(EventKind::Online, 1, 1, None));
+        b.push(&Event::new(EventKind::Online, 2, 2, None));
+        let first = b.line_ends[0];
+        assert_eq!(b.whole_lines(0), 0);
+        assert_eq!(b.whole_lines(first - 1), 0);
+        assert_eq!(b.whole_lines(first), 1);
+        assert_eq!(b.whole_lines(b.bytes.len() - 1), 1);
+        assert_eq!(b.whole_lines(b.bytes.len()), 2);
+    }
+
+    #[test]
+    fn senders_count_losses_by_cause() {
+        let (tx, rx) = channel();
+        drop(rx);
+        tx.send(Event::new(EventKind::Online, 1, 1, None));
+        assert_eq!(tx.drops().shutdown.load(Ordering::Relaxed), 1);
+        assert_eq!(tx.dropped(), 1);
+    }
 }
