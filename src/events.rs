@@ -216,7 +216,7 @@ struct Flags {
 pub struct ReopenHandle(Arc<Flags>);
 
 impl ReopenHandle {
-    /// The writer reopens before its next write, within [`IDLE_POLL_MS`] when idle.
+    /// The writer reopens before its next write, within 100 ms when idle.
     pub fn reopen(&self) {
         self.0.reopen.store(true, Ordering::Relaxed);
     }
