@@ -408,6 +408,9 @@ impl Writer {
             }
             batch.clear();
         }
+        // Stopped by shutdown: what arrived since it counted the queue.
+        let late = rx.try_iter().count() as u64;
+        self.drops.shutdown.fetch_add(late, Ordering::Relaxed);
     }
 
     fn reopen(&mut self) {
@@ -438,7 +441,7 @@ impl Writer {
                 } else {
                     BLOCKED_WRITE_WAIT_MS
                 };
-                write_pipe(f, batch, wait_ms, &self.flags.stop)
+                write_pipe(f, batch, wait_ms, &self.flags)
             }
         };
         let (written, err) = match result {
@@ -512,7 +515,7 @@ fn write_pipe(
     file: &mut File,
     batch: &Batch,
     wait_ms: u64,
-    stop: &AtomicBool,
+    flags: &Flags,
 ) -> Result<(), (usize, std::io::Error)> {
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let ends = &batch.line_ends;
@@ -524,7 +527,12 @@ fn write_pipe(
             last += 1;
         }
         let chunk = &batch.bytes[start..ends[last]];
-        write_chunk(file, chunk, deadline, stop).map_err(|e| (line, e))?;
+        write_chunk(file, chunk, deadline, &flags.stop).map_err(|e| (line, e))?;
+        // Written: no longer shutdown's to count if it gives up meanwhile.
+        let whole = (last + 1 - line) as u64;
+        let _ = (flags.in_flight).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            n.checked_sub(whole)
+        });
         line = last + 1;
     }
     Ok(())

@@ -37,7 +37,10 @@ fn send_events(tx: &EventSender, sessions: std::ops::Range<u64>) {
 
 /// Every line of `path`, each checked to be a whole JSON event; their sessions.
 fn sessions_in(path: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    sessions_in_text(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+fn sessions_in_text(text: &str) -> Vec<u64> {
     assert!(text.is_empty() || text.ends_with('\n'), "cut last line");
     text.lines()
         .map(|line| {
@@ -239,6 +242,39 @@ fn fifo_reader_that_stops_reading_gets_whole_lines_and_shutdown_is_bounded() {
         written + lost(&drops),
         5_000,
         "every event written or counted"
+    );
+}
+
+#[test]
+fn finish_gives_up_after_its_bound_and_counts_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.fifo");
+    mkfifo(&fifo);
+    let mut reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let (tx, sink) = sink(&fifo);
+    send_events(&tx, 0..5_000);
+    // A sender still alive and a pipe nobody reads: the writer is stuck on
+    // its first batch (it waits up to 1 s) and can never see the end of the
+    // queue; finish must return at its bound anyway and count the rest.
+    let finished = within(Duration::from_secs(5), move || {
+        sink.finish(Duration::from_millis(300))
+    });
+    assert_eq!(finished, Some(false), "finish returns at its bound");
+    let drops = tx.drops().clone();
+    assert!(drops.shutdown.load(Ordering::Relaxed) > 0, "{drops:?}");
+    send_events(&tx, 5_000..5_010); // the writer is gone: counted too
+    std::thread::sleep(Duration::from_millis(2 * events::BLOCKED_WRITE_WAIT_MS));
+    let mut text = String::new();
+    let _ = reader.read_to_string(&mut text);
+    let written = sessions_in_text(&text).len() as u64;
+    assert_eq!(
+        written + lost(&drops),
+        5_010,
+        "{drops:?}, {written} written"
     );
 }
 
