@@ -252,6 +252,7 @@ impl FileSink {
                 let path = path.to_owned();
                 return Err(SinkError::Open { path, source });
             }
+            writer.open_failed(&source);
             tracing::warn!(path = %path.display(), "events FIFO has no reader yet");
         }
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
@@ -329,6 +330,8 @@ struct Writer {
     drops: Arc<EventDrops>,
     log: LossLog,
     retry_open_at: Instant,
+    /// Why the path is not open, for the loss report.
+    open_error: String,
     /// The last pipe write timed out: do not wait again until one succeeds.
     blocked: bool,
 }
@@ -367,6 +370,7 @@ impl Writer {
             drops,
             log: LossLog::default(),
             retry_open_at: Instant::now(),
+            open_error: String::new(),
             blocked: false,
         }
     }
@@ -422,6 +426,7 @@ impl Writer {
 
     fn open_failed(&mut self, e: &std::io::Error) {
         self.retry_open_at = Instant::now() + Duration::from_millis(REOPEN_RETRY_MS);
+        self.open_error = format!("cannot open: {e}");
         tracing::debug!(path = %self.path.display(), error = %e, "cannot open events file");
     }
 
@@ -433,7 +438,7 @@ impl Writer {
             }
         }
         let result = match self.file.as_mut() {
-            None => Err((0, std::io::Error::from_raw_os_error(libc::ENXIO))),
+            None => Err((0, std::io::Error::other(self.open_error.clone()))),
             Some(f) if self.regular => write_regular(f, batch),
             Some(f) => {
                 let wait_ms = if self.blocked {
@@ -455,6 +460,7 @@ impl Writer {
         self.blocked = err.kind() == ErrorKind::WouldBlock;
         if err.raw_os_error() == Some(libc::EPIPE) {
             self.file = None; // the reader left; reopen once one is back
+            self.open_error = "the FIFO reader left".to_owned();
         }
         if let Some(n) = self.log.lost(lost, Instant::now()) {
             tracing::warn!(
