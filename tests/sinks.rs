@@ -421,3 +421,26 @@ fn connections_past_the_cap_are_refused_and_counted_and_slow_ones_cut() {
     let (other, _) = scrape(addr, "/nope");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
+
+#[test]
+fn an_oversized_request_head_is_refused_without_growing_the_buffer() {
+    let addr = endpoint(Limits::default());
+    let mut big = TcpStream::connect(addr).unwrap();
+    big.set_read_timeout(Some(SLACK)).unwrap();
+    let _ = write!(big, "GET /metrics HTTP/1.1\r\nX-Pad: ");
+    let pad = vec![b'a'; 4 * metrics_http::REQUEST_BUF_MAX_BYTES];
+    // Complete, so a server without the bound would answer it.
+    let _ = big
+        .write_all(&pad)
+        .and_then(|()| big.write_all(b"\r\n\r\n"));
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer); // an error status, EOF or reset
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("ringbeat_connections"), "{answer}");
+    let (honest, _) = scrape(addr, "/metrics");
+    assert!(honest.starts_with("HTTP/1.1 200"), "{honest}");
+    assert!(
+        honest.contains("ringbeat_metrics_requests_failed_total 1"),
+        "{honest}"
+    );
+}
