@@ -54,7 +54,9 @@ loadbox_begin bench
 interval=1s; timeout=3s; tick=100ms
 peers=()
 if echo "$features" | grep -q "fast mode: ready"; then peers+=(ringbeat-fast ringbeat-nobatch); else echo "bench: fast mode unavailable here; skipping it"; fi
-peers+=(ringbeat-compat tokio_epoll tokio_uring)
+# epoll: the lean hand-written epoll server (bench/peers/epoll.rs), the
+# strongest non-io_uring baseline; tokio_*: what a user would write.
+peers+=(ringbeat-compat epoll tokio_epoll tokio_uring)
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 if [ -x "$mosquitto_bin" ]; then
   peers+=(mosquitto)
@@ -76,6 +78,7 @@ for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
     # Fast mode without batched waits: the RTT it buys back, the CPU it costs.
     ringbeat-nobatch) cmd=(./target/release/ringbeat serve --io-mode fast --batch-wait 0s --shards 2 --tick $tick "${args[@]}") ;;
     ringbeat-compat) cmd=(./target/release/ringbeat serve --io-mode compat --shards 2 --tick $tick "${args[@]}") ;;
+    epoll) cmd=(./target/release/epoll "${args[@]}") ;;
     tokio_epoll) cmd=(./target/release/tokio_epoll "${args[@]}") ;;
     tokio_uring) cmd=(./target/release/tokio_uring "${args[@]}") ;;
     mosquitto)
@@ -126,6 +129,8 @@ def measure(p, rnd):
         "detection_ms_max": r["detection_ms"]["max"],
         "silent_evicted": r["silent_evicted"], "silent_total": r["silent_total"],
         "false_evictions": r["false_evictions"],
+        # Evictions the load generator caused by sending late (load schema 2+).
+        "late_client_evictions": r.get("late_client_evictions", 0),
         "rtt_us_p99": r["rtt_us"]["p99"],
         "accept_rate_per_s": r["connect_rate_per_s"],
     }
@@ -135,7 +140,7 @@ def combine(runs):
     over all of them; the CPU spread kept."""
     row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     row["detection_ms_max"] = max(r["detection_ms_max"] for r in runs)
-    for k in ("connected", "silent_evicted", "silent_total", "false_evictions"):
+    for k in ("connected", "silent_evicted", "silent_total", "false_evictions", "late_client_evictions"):
         row[k] = sum(r[k] for r in runs)
     cpu = [r["server_cpu_s_per_million_heartbeats"] for r in runs]
     row["server_cpu_s_per_million_heartbeats_range"] = [min(cpu), max(cpu)]
@@ -154,7 +159,8 @@ figs = [("server RSS bytes/conn", "server_rss_bytes_per_conn", "{:.0f}"),
         ("detection p50 ms", "detection_ms_p50", "{:.0f}"), ("detection p99 ms", "detection_ms_p99", "{:.0f}"),
         ("detection max ms (worst round)", "detection_ms_max", "{:.0f}"), ("RTT p99 µs", "rtt_us_p99", "{:.0f}"),
         ("accept rate/s (clients connect at will)", "accept_rate_per_s", "{:,.0f}"),
-        ("false evictions", "false_evictions", "{}"), ("silent evicted", "silent_evicted", "{}")]
+        ("false evictions (server's fault)", "false_evictions", "{}"),
+        ("late-client evictions (load generator's fault)", "late_client_evictions", "{}"), ("silent evicted", "silent_evicted", "{}")]
 lines = [f"# bench {out.split('bench-')[1]}", "",
          f"kernel {release}; {features}", "",
          f"{clients} clients per peer, PING every 1s (±10%), timeout 3s, 5% silent. Ratios are peer / {peers[0]}.",

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::auth::{AuthMode, KeySpec};
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD};
 
 /// Default listen address.
@@ -18,6 +19,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
+/// Default takeovers of one client_id per minute (after a burst of 10).
+pub const DEFAULT_TAKEOVERS_PER_MIN: u32 = 60;
 /// Default `max_connections`: a million and then some.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1 << 20;
 /// Smallest and largest tick. Below 1 ms the sweep is no longer coarse.
@@ -26,11 +29,25 @@ pub const TICK_MAX: Duration = Duration::from_secs(10);
 /// Default and largest `batch_wait`.
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
 pub const BATCH_WAIT_MAX: Duration = Duration::from_millis(50);
+/// Default `rtt_budget`: the most batching may add to a PONG's round trip.
+pub const DEFAULT_RTT_BUDGET: Duration = Duration::from_millis(2);
 /// Largest timeout in ticks: ages are u32 tick differences and must never
 /// come near wrap-around.
 pub const TIMEOUT_TICKS_MAX: u64 = 1 << 30;
 /// Most shards one process runs.
 pub const SHARDS_MAX: usize = 1024;
+
+/// How silence is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Detector {
+    /// Evict at `timeout`; nothing before.
+    #[default]
+    Fixed,
+    /// Also suspect (an event, no eviction) when phi accrual crosses
+    /// `phi_threshold`; eviction stays at `timeout`.
+    Phi,
+}
 
 /// How the shards drive io_uring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -82,6 +99,10 @@ impl std::str::FromStr for Keepalive {
     }
 }
 
+fn parse_key_spec(s: &str) -> Result<KeySpec, String> {
+    s.parse().map_err(|e: crate::auth::KeyError| e.to_string())
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 200ms, 3s, 1m)"))
 }
@@ -107,6 +128,11 @@ pub struct ServeArgs {
     /// rate fills it (kernel 6.12+; 0 = off) [default: 10ms, at most tick/4]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub batch_wait: Option<Duration>,
+    /// The most batched waits may delay a reply: the batching window adapts
+    /// to the completion rate within this (and within --batch-wait, its
+    /// hard cap) [default: 2ms]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub rtt_budget: Option<Duration>,
     /// Shard threads, each with its own ring and listener [default: cores]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
@@ -119,6 +145,31 @@ pub struct ServeArgs {
     /// Send a PING to connections silent for one interval
     #[arg(long)]
     pub probe: bool,
+    /// Most connections from one IPv4 address; more get CLOSE(LIMITED).
+    /// Off by default: carrier NAT puts thousands of phones behind one
+    /// address [default: off]
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<u32>,
+    /// Takeovers of one client_id allowed per minute, after a burst of 10;
+    /// more get CLOSE(LIMITED) (0 = unlimited) [default: 60]
+    #[arg(long, value_name = "N")]
+    pub max_takeovers_per_min: Option<u32>,
+    /// Hold a client's offline event this long; if its client_id says HELLO
+    /// again meanwhile, emit one `resumed` instead of offline + online
+    /// [default: 0 = off]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub offline_grace: Option<Duration>,
+    /// PINGs a second one connection may keep sending (bursts of 2N+8
+    /// pass); past it CLOSE(LIMITED) [default: 0 = off]
+    #[arg(long, value_name = "N")]
+    pub max_ping_rate: Option<u32>,
+    /// fixed (evict at timeout) or phi (also emit `suspect` events when a
+    /// connection's silence is unlikely for its own rhythm) [default: fixed]
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub detector: Option<Detector>,
+    /// phi above which a connection is suspected [default: 8]
+    #[arg(long, value_name = "PHI")]
+    pub phi_threshold: Option<f64>,
     /// Serve Prometheus text at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -134,6 +185,21 @@ pub struct ServeArgs {
     /// auto, fast (kernel 6.0+) or compat (kernel 5.10 path) [default: auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub io_mode: Option<IoMode>,
+    /// Verifying key for HELLO tokens, KID=hs256:SECRET_FILE or
+    /// KID=eddsa:PUBKEY.pem (repeatable: several kids = key rotation)
+    #[arg(long = "auth-key", value_name = "KID=ALG:FILE", value_parser = parse_key_spec)]
+    pub auth_key: Vec<KeySpec>,
+    /// required, optional or off [default: required with a key, else off]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+    /// Longest interval a HELLO may ask for [default: --interval, so a
+    /// client can shorten its interval but never lengthen it]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub max_interval: Option<Duration>,
+    /// Every connection starts with a PROXY protocol v2 header (behind a
+    /// load balancer such as haproxy `send-proxy-v2`)
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// TOML file with the same keys as the flags (flags win)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -152,10 +218,19 @@ pub struct FileConfig {
     pub tick: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub batch_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub rtt_budget: Option<Duration>,
     pub shards: Option<usize>,
     pub max_payload: Option<u32>,
     pub max_connections: Option<u32>,
     pub probe: Option<bool>,
+    pub max_conns_per_ip: Option<u32>,
+    pub max_takeovers_per_min: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub offline_grace: Option<Duration>,
+    pub max_ping_rate: Option<u32>,
+    pub detector: Option<Detector>,
+    pub phi_threshold: Option<f64>,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<String>,
@@ -168,6 +243,10 @@ pub struct FileConfig {
     pub max_interval: Option<Duration>,
     pub recv_buffers: Option<u32>,
     pub send_chunks: Option<u32>,
+    /// `KID=ALG:FILE` strings, as `--auth-key`.
+    pub auth_key: Option<Vec<String>>,
+    pub auth: Option<AuthMode>,
+    pub proxy_protocol: Option<bool>,
 }
 
 /// Bad flags or configuration. The binary prints it on one line and exits 2.
@@ -193,18 +272,37 @@ pub struct Config {
     pub tick: Duration,
     /// Longest a shard gathers completions before handling them.
     pub batch_wait: Duration,
+    /// The most batching may add to a reply (see [`Config::batch_window_cap`]).
+    pub rtt_budget: Duration,
     pub shards: usize,
     pub max_payload: u32,
     pub max_connections: u32,
     pub probe: bool,
+    /// Connections per IPv4 source address (`None`: no limit).
+    pub max_conns_per_ip: Option<u32>,
+    /// Takeovers of one client_id per minute (0: no limit).
+    pub max_takeovers_per_min: u32,
+    /// How long an `offline` waits for the same id to come back (0: off).
+    pub offline_grace: Duration,
+    /// PINGs a second per connection (0: no limit).
+    pub max_ping_rate: u32,
+    pub detector: Detector,
+    pub phi_threshold: f64,
     pub metrics: Option<SocketAddr>,
     pub events: Option<PathBuf>,
     pub tcp_keepalive: Option<Keepalive>,
     pub tcp_user_timeout: Option<Duration>,
     pub io_mode: IoMode,
-    /// Smallest and largest interval a HELLO may ask for.
+    /// Smallest and largest interval a HELLO may ask for. `max_interval`
+    /// defaults to `interval`: the server owns liveness.
     pub min_interval: Duration,
     pub max_interval: Duration,
+    /// HELLO token keys (not yet loaded: see [`crate::auth::Authenticator::from_config`]).
+    pub auth_keys: Vec<KeySpec>,
+    /// Resolved mode: `Required` if keys are given and no mode is, else `Off`.
+    pub auth: AuthMode,
+    /// Listeners expect a PROXY protocol v2 header first ([`crate::proxy_v2`]).
+    pub proxy_protocol: bool,
     /// Receive buffers per shard (each [`crate::buf_ring::BUF_LEN`] bytes).
     pub recv_buffers: u32,
     /// Send chunks per shard (each [`crate::send_pool::CHUNK_LEN`] bytes).
@@ -244,15 +342,32 @@ impl Config {
                 .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")])
         };
         let tick = args.tick.or(file.tick).unwrap_or(DEFAULT_TICK);
+        let interval = args.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL);
+        let auth_keys = if !args.auth_key.is_empty() {
+            args.auth_key
+        } else {
+            let specs = file.auth_key.unwrap_or_default();
+            let parsed: Result<Vec<KeySpec>, _> = specs.iter().map(|s| s.parse()).collect();
+            parsed.map_err(|e| ConfigError::Invalid(format!("auth_key: {e}")))?
+        };
+        let auth = args.auth.or(file.auth).unwrap_or(if auth_keys.is_empty() {
+            AuthMode::Off
+        } else {
+            AuthMode::Required
+        });
         let config = Config {
             listen,
-            interval: args.interval.or(file.interval).unwrap_or(DEFAULT_INTERVAL),
+            interval,
             timeout: args.timeout.or(file.timeout).unwrap_or(DEFAULT_TIMEOUT),
             tick,
             batch_wait: args
                 .batch_wait
                 .or(file.batch_wait)
                 .unwrap_or(DEFAULT_BATCH_WAIT.min(tick / 4)),
+            rtt_budget: args
+                .rtt_budget
+                .or(file.rtt_budget)
+                .unwrap_or(DEFAULT_RTT_BUDGET),
             shards: args.shards.or(file.shards).unwrap_or_else(cores),
             max_payload: args
                 .max_payload
@@ -263,18 +378,39 @@ impl Config {
                 .or(file.max_connections)
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             probe: args.probe || file.probe.unwrap_or(false),
+            max_conns_per_ip: args.max_conns_per_ip.or(file.max_conns_per_ip),
+            max_takeovers_per_min: args
+                .max_takeovers_per_min
+                .or(file.max_takeovers_per_min)
+                .unwrap_or(DEFAULT_TAKEOVERS_PER_MIN),
+            offline_grace: args
+                .offline_grace
+                .or(file.offline_grace)
+                .unwrap_or(Duration::ZERO),
+            max_ping_rate: args.max_ping_rate.or(file.max_ping_rate).unwrap_or(0),
+            detector: args.detector.or(file.detector).unwrap_or_default(),
+            phi_threshold: args.phi_threshold.or(file.phi_threshold).unwrap_or(8.0),
             metrics: args.metrics.or(file.metrics),
             events: args.events.or(file.events),
             tcp_keepalive: keepalive,
             tcp_user_timeout: args.tcp_user_timeout.or(file.tcp_user_timeout),
             io_mode: args.io_mode.or(file.io_mode).unwrap_or_default(),
             min_interval: file.min_interval.unwrap_or(Duration::from_millis(100)),
-            max_interval: file.max_interval.unwrap_or(Duration::from_secs(3600)),
+            max_interval: args.max_interval.or(file.max_interval).unwrap_or(interval),
             recv_buffers: file.recv_buffers.unwrap_or(512),
             send_chunks: file.send_chunks.unwrap_or(1024),
+            auth_keys,
+            auth,
+            proxy_protocol: args.proxy_protocol || file.proxy_protocol.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// The longest batching window a shard may use: the RTT budget, never
+    /// more than `--batch-wait` (pass it to `BatchWait::new`).
+    pub fn batch_window_cap(&self) -> Duration {
+        self.rtt_budget.min(self.batch_wait)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -292,6 +428,12 @@ impl Config {
             return bad(format!(
                 "--batch-wait must be at most {BATCH_WAIT_MAX:?} and half a --tick, got {:?}",
                 self.batch_wait
+            ));
+        }
+        if self.rtt_budget > self.tick {
+            return bad(format!(
+                "--rtt-budget must be at most a --tick ({:?}), got {:?}",
+                self.tick, self.rtt_budget
             ));
         }
         if self.interval < self.tick {
@@ -315,6 +457,16 @@ impl Config {
         if self.min_interval > self.interval || self.max_interval < self.interval {
             return bad("min_interval <= interval <= max_interval must hold".into());
         }
+        if self.auth != AuthMode::Off && self.auth_keys.is_empty() {
+            return bad(format!(
+                "--auth {} needs at least one --auth-key",
+                if self.auth == AuthMode::Required {
+                    "required"
+                } else {
+                    "optional"
+                }
+            ));
+        }
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return bad(format!("--shards must be within 1..={SHARDS_MAX}"));
         }
@@ -325,6 +477,21 @@ impl Config {
         }
         if self.max_payload > 16 << 20 {
             return bad("--max-payload must be at most 16 MiB".into());
+        }
+        if !(0.5..=30.0).contains(&self.phi_threshold) {
+            return bad(format!(
+                "--phi-threshold must be within 0.5..=30, got {}",
+                self.phi_threshold
+            ));
+        }
+        if self.offline_grace > Duration::from_secs(3600) {
+            return bad(format!(
+                "--offline-grace must be at most 1h, got {:?}",
+                self.offline_grace
+            ));
+        }
+        if self.max_conns_per_ip == Some(0) {
+            return bad("--max-conns-per-ip must be at least 1 (omit it for no limit)".into());
         }
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1".into());
@@ -412,6 +579,24 @@ mod tests {
     }
 
     #[test]
+    fn rtt_budget_caps_the_batch_window_and_batch_wait_caps_it() {
+        let c = Config::default();
+        assert_eq!(c.batch_window_cap(), DEFAULT_RTT_BUDGET);
+        let small = Config::resolve(ServeArgs {
+            batch_wait: Some(Duration::from_micros(500)),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(small.batch_window_cap(), Duration::from_micros(500));
+        let err = Config::resolve(ServeArgs {
+            rtt_budget: Some(Duration::from_millis(200)),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--rtt-budget"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.toml");
@@ -433,6 +618,63 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--timeout"));
+    }
+
+    #[test]
+    fn max_interval_defaults_to_interval_and_may_be_raised_on_purpose() {
+        let c = Config::resolve(ServeArgs {
+            interval: Some(Duration::from_secs(5)),
+            timeout: Some(Duration::from_secs(15)),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_interval, Duration::from_secs(5));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "max_interval = \"1m\"\n").unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_interval, Duration::from_secs(60));
+        let err = Config::resolve(ServeArgs {
+            max_interval: Some(Duration::from_secs(1)),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_interval"), "{err}");
+    }
+
+    #[test]
+    fn auth_mode_follows_keys_and_required_needs_one() {
+        assert_eq!(Config::default().auth, AuthMode::Off);
+        assert!(!Config::default().proxy_protocol);
+        let key: KeySpec = "k1=hs256:/etc/ringbeat/k1".parse().unwrap();
+        let c = Config::resolve(ServeArgs {
+            auth_key: vec![key.clone()],
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!((c.auth, c.auth_keys), (AuthMode::Required, vec![key]));
+        let err = Config::resolve(ServeArgs {
+            auth: Some(AuthMode::Required),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--auth-key"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        let toml = "auth = \"optional\"\nauth_key = [\"a=eddsa:/k.pem\"]\nproxy_protocol = true\n";
+        std::fs::write(&path, toml).unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.auth, AuthMode::Optional);
+        assert_eq!(c.auth_keys[0].kid, "a");
+        assert!(c.proxy_protocol);
     }
 
     #[test]

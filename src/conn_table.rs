@@ -9,11 +9,11 @@
 //! | `timeout_ticks`  | u32  | 4 |
 //! | `generation`     | u32  | 4 |
 //! | `state`          | u8   | 1 |
-//! | `flags`          | u8   | 1 |
+//! | `flags`          | u16  | 2 |
 //! | `client_id`      | u64  | 8 |
 //! | `partial`        | u32  | 4 |
 //! | `send_head`      | u32  | 4 |
-//! | total            |      | 30 |
+//! | total            |      | 31 |
 //!
 //! Peer addresses (6 bytes) are kept only when events are wanted.
 
@@ -26,7 +26,7 @@ pub const NONE: u32 = u32::MAX;
 /// `timeout_ticks` of a free or closing slot: the sweep never evicts it.
 pub const TIMEOUT_NEVER: u32 = u32::MAX;
 /// User-space bytes per connection slot, without peer addresses.
-pub const BYTES_PER_SLOT: usize = 4 + 4 + 4 + 1 + 1 + 8 + 4 + 4;
+pub const BYTES_PER_SLOT: usize = 4 + 4 + 4 + 1 + 2 + 8 + 4 + 4;
 /// Extra bytes per slot when peer addresses are kept.
 pub const PEER_BYTES_PER_SLOT: usize = 6;
 
@@ -44,21 +44,31 @@ pub enum State {
 /// Bits of `flags`.
 pub mod flag {
     /// A receive is armed (its completion is still to come).
-    pub const RECV_ARMED: u8 = 1 << 0;
+    pub const RECV_ARMED: u16 = 1 << 0;
     /// A send is in flight.
-    pub const SEND_INFLIGHT: u8 = 1 << 1;
+    pub const SEND_INFLIGHT: u16 = 1 << 1;
     /// A server probe PING was sent and no frame has arrived since.
-    pub const PROBED: u8 = 1 << 2;
+    pub const PROBED: u16 = 1 << 2;
     /// At least one complete frame arrived (HELLO is no longer allowed).
-    pub const SEEN_FRAME: u8 = 1 << 3;
+    pub const SEEN_FRAME: u16 = 1 << 3;
     /// An "online" event was emitted (so "offline" will be too).
-    pub const ONLINE: u8 = 1 << 4;
+    pub const ONLINE: u16 = 1 << 4;
     /// This connection holds its `client_id` in the registry (or asked to).
-    pub const CLAIMED: u8 = 1 << 5;
+    pub const CLAIMED: u16 = 1 << 5;
     /// The close descriptor op was submitted.
-    pub const CLOSE_SUBMITTED: u8 = 1 << 6;
-    /// The peer sent CLOSE or EOF: do not send it anything more.
-    pub const PEER_DONE: u8 = 1 << 7;
+    pub const CLOSE_SUBMITTED: u16 = 1 << 6;
+    /// The peer sent CLOSE or EOF, or stopped reading: send it nothing more.
+    pub const PEER_DONE: u16 = 1 << 7;
+    /// The send in flight is the CLOSE frame (not the reply queue).
+    pub const CLOSE_FRAME_INFLIGHT: u16 = 1 << 8;
+    /// The receive ended for lack of buffers: input waits in the kernel.
+    pub const RECV_STARVED: u16 = 1 << 9;
+    /// Counted against its source address's limit (`per_ip`).
+    pub const IP_COUNTED: u16 = 1 << 10;
+    /// The phi detector suspects it (a `suspect` event was emitted).
+    pub const SUSPECTED: u16 = 1 << 11;
+    /// Its PROXY protocol header has not arrived yet.
+    pub const AWAIT_PROXY: u16 = 1 << 12;
 }
 
 /// The per-shard flat arrays.
@@ -68,9 +78,10 @@ pub struct ConnTable {
     pub timeout_ticks: Vec<u32>,
     pub generation: Vec<u32>,
     state: Vec<State>,
-    pub flags: Vec<u8>,
+    pub flags: Vec<u16>,
     pub client_id: Vec<u64>,
-    /// Index into the partial-frame stash, or [`NONE`].
+    /// Open: index into the partial-frame stash, or [`NONE`]. Closing: the
+    /// CLOSE frame still owed to the peer (see [`ConnTable::close_frame`]).
     pub partial: Vec<u32>,
     /// First queued send chunk, or [`NONE`].
     pub send_head: Vec<u32>,
@@ -156,12 +167,52 @@ impl ConnTable {
         self.generation[i]
     }
 
-    /// Open → Closing.
-    pub fn begin_close(&mut self, slot: u32) {
+    /// Open → Closing at `now_tick`, owing the peer the CLOSE frame with
+    /// `frame_code` (if any). The caller has released the stash entry.
+    ///
+    /// A closing slot is never swept, so its `last_seen_tick` holds the
+    /// tick its close began (for the linger) and `partial` the CLOSE frame
+    /// still owed: reason code in the high half, bytes already sent in the
+    /// low half.
+    pub fn begin_close(&mut self, slot: u32, now_tick: u32, frame_code: Option<u16>) {
         let i = slot as usize;
         assert_eq!(self.state[i], State::Open, "close of slot {slot} not open");
+        assert_eq!(self.partial[i], NONE, "stash entry kept past close");
         self.state[i] = State::Closing;
         self.timeout_ticks[i] = TIMEOUT_NEVER;
+        self.last_seen_tick[i] = now_tick;
+        self.partial[i] = frame_code.map_or(NONE, |code| u32::from(code) << 16);
+    }
+
+    /// A closing slot's owed CLOSE frame: (reason code, bytes already sent).
+    pub fn close_frame(&self, slot: u32) -> Option<(u16, usize)> {
+        let i = slot as usize;
+        debug_assert_eq!(self.state[i], State::Closing);
+        let v = self.partial[i];
+        (v != NONE).then_some(((v >> 16) as u16, (v & 0xffff) as usize))
+    }
+
+    /// `sent` more bytes of the owed CLOSE frame left; `done` when all did.
+    pub fn close_frame_sent(&mut self, slot: u32, sent: usize, done: bool) {
+        let i = slot as usize;
+        let (code, before) = self.close_frame(slot).expect("a CLOSE frame is owed");
+        self.partial[i] = if done {
+            NONE
+        } else {
+            (u32::from(code) << 16) | (before + sent) as u32
+        };
+    }
+
+    /// Forgets the owed CLOSE frame (it will not be sent).
+    pub fn drop_close_frame(&mut self, slot: u32) {
+        debug_assert_eq!(self.state[slot as usize], State::Closing);
+        self.partial[slot as usize] = NONE;
+    }
+
+    /// The tick a closing slot's close began.
+    pub fn closing_since_tick(&self, slot: u32) -> u32 {
+        debug_assert_eq!(self.state[slot as usize], State::Closing);
+        self.last_seen_tick[slot as usize]
     }
 
     /// Closing → Free. The caller has released the stash and send queue.
@@ -188,16 +239,29 @@ impl ConnTable {
             && self.generation[slot as usize] == generation
     }
 
-    pub fn has(&self, slot: u32, bit: u8) -> bool {
+    pub fn has(&self, slot: u32, bit: u16) -> bool {
         self.flags[slot as usize] & bit != 0
     }
 
-    pub fn set(&mut self, slot: u32, bit: u8) {
+    pub fn set(&mut self, slot: u32, bit: u16) {
         self.flags[slot as usize] |= bit;
     }
 
-    pub fn clear(&mut self, slot: u32, bit: u8) {
+    pub fn clear(&mut self, slot: u32, bit: u16) {
         self.flags[slot as usize] &= !bit;
+    }
+
+    /// Sets the peer address (from a PROXY header), if peers are kept.
+    pub fn set_peer(&mut self, slot: u32, peer: SocketAddr) {
+        let i = slot as usize;
+        if !self.peer_ip.is_empty() {
+            let (ip, port) = match peer {
+                SocketAddr::V4(v4) => (u32::from(*v4.ip()), v4.port()),
+                SocketAddr::V6(_) => (0, 0),
+            };
+            self.peer_ip[i] = ip;
+            self.peer_port[i] = port;
+        }
     }
 
     /// The peer address, if peers are kept (IPv4 only; IPv6 peers read as
@@ -232,8 +296,14 @@ mod tests {
         assert!(t.is_current(3, 1));
         assert_eq!(t.high_water(), 4);
         assert_eq!(t.peer(3), Some("127.0.0.9:4000".parse().unwrap()));
-        t.begin_close(3);
+        t.begin_close(3, 12, Some(5));
         assert!(t.is_current(3, 1));
+        assert_eq!(t.close_frame(3), Some((5, 0)));
+        t.close_frame_sent(3, 4, false);
+        assert_eq!(t.close_frame(3), Some((5, 4)));
+        assert_eq!(t.closing_since_tick(3), 12);
+        t.close_frame_sent(3, 6, true);
+        assert_eq!(t.close_frame(3), None);
         t.free(3);
         assert!(!t.is_current(3, 1));
         assert_eq!(t.high_water(), 0);

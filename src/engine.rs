@@ -1,11 +1,15 @@
-//! The sans-IO shard core: bytes and ticks in, replies, closes, events and
-//! control messages out. It owns the flat [`ConnTable`] and the partial-frame
-//! stash and applies every rule of PROTOCOL.md; the io_uring driver
-//! (`shard`) only moves bytes. Tests drive it with a simulated clock.
+//! The sans-IO shard core: completions and ticks in, commands out. It is
+//! the only writer of the flat [`ConnTable`], the partial-frame stash, the
+//! shard's share of the `client_id` registry and the held input of paused
+//! connections, and it owns every lifecycle (open, hello, pause, close,
+//! drain, linger, shutdown), timed in ticks. The io_uring driver (`shard`)
+//! reports what completed and carries out the [`Command`]s handed to it, the
+//! way quinn-proto's `Connection` hands out transmits. Tests drive it with a
+//! simulated clock and a simulated kernel.
 //!
 //! Frames are parsed in place from the receive buffer; only an incomplete
-//! frame's header and fixed payload are copied (to the stash). DATA payload
-//! and CLOSE text are skipped, never buffered.
+//! frame's header and fixed payload are copied (to the stash, see `input`).
+//! DATA payload and CLOSE text are skipped, never buffered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,23 +18,27 @@ use std::sync::Arc;
 use crate::conn_table::{flag, session_id, ConnTable, State, NONE};
 use crate::events::{Event, EventKind, OfflineReason};
 use crate::heartbeat::{self, Timing, Verdict};
-use crate::protocol::{self, CloseReason, Header, Kind, ProtocolError, HEADER_LEN, PING_LEN};
-use crate::registry::{Control, Holder};
-use crate::send_pool::QueueError;
-use crate::stash::{StashPool, KEEP_MAX};
+use crate::mailbox::{Holder, ShardMsg, ToHolder, ToHome};
+use crate::per_ip::PerIpLimit;
+use crate::protocol::{self, CloseReason, Kind, ProtocolError, PING_LEN};
+use crate::registry::Registry;
+use crate::send_pool::{QueueError, SendPool};
+use crate::stash::{HelloPool, Stash};
 use crate::stats::ShardStats;
 
-/// What the engine asks of its driver.
-pub trait Io {
-    /// Queues `bytes` on the send queue whose head is `*head`.
-    fn send(&mut self, slot: u32, head: &mut u32, bytes: &[u8]) -> Result<(), QueueError>;
-    /// The slot entered Closing: drain its operations, then close it.
-    /// `abort_send` drops queued bytes (the peer is not reading).
-    fn close(&mut self, slot: u32, generation: u32, abort_send: bool);
-    /// A control message for shard `to`.
-    fn control(&mut self, to: u16, msg: Control);
-    fn event(&mut self, event: Event);
-}
+mod close;
+mod command;
+mod grace;
+mod guard;
+mod input;
+mod pause;
+mod phi;
+mod proxy;
+
+pub use close::{CLOSE_LINGER_MS, SWEEP_DEFER_MAX};
+pub use command::Command;
+pub use pause::{HELD_BYTES_MAX, HIGH_WATER_CHUNKS, LOW_WATER_CHUNKS};
+pub use phi::sigmas_for;
 
 /// Why the engine ends a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +65,8 @@ impl CloseCause {
                 CloseReason::TakenOver => OfflineReason::TakenOver,
                 CloseReason::Shutdown => OfflineReason::Shutdown,
                 CloseReason::Overloaded => OfflineReason::Overloaded,
+                CloseReason::Unauthorized => OfflineReason::Unauthorized,
+                CloseReason::Limited => OfflineReason::Limited,
             },
             CloseCause::PeerClose => OfflineReason::Normal,
             CloseCause::PeerGone => OfflineReason::Closed,
@@ -64,6 +74,28 @@ impl CloseCause {
             CloseCause::SlowConsumer => OfflineReason::Overloaded,
         }
     }
+
+    /// The peer will not read anything more from us.
+    fn peer_done(self) -> bool {
+        matches!(
+            self,
+            CloseCause::PeerClose | CloseCause::PeerGone | CloseCause::Reset
+        )
+    }
+
+    /// Queued bytes are dropped, not flushed: the peer is not reading.
+    fn abort_send(self) -> bool {
+        matches!(self, CloseCause::SlowConsumer | CloseCause::Reset)
+    }
+}
+
+/// Checks HELLO tokens (PROTOCOL.md, Authentication; implemented by
+/// `auth::Authenticator`). The engine passes the wall clock it was given.
+pub trait TokenCheck: Send + Sync + std::fmt::Debug {
+    /// Whether every connection must prove its `client_id`.
+    fn required(&self) -> bool;
+    /// Whether `token` proves `client_id` at `now_unix_s`.
+    fn verify(&self, client_id: u64, token: &[u8], now_unix_s: u64) -> bool;
 }
 
 /// Fixed settings of one shard's engine.
@@ -74,68 +106,120 @@ pub struct EngineConfig {
     pub timing: Timing,
     pub max_payload: u32,
     pub probe: bool,
+    /// Live connections across all shards past which new ones are refused.
     pub max_connections: u32,
+    /// Open or closing slots of this shard past which new connections are
+    /// refused: the table's capacity less a reserve, so a refusal always
+    /// has a slot to be answered from.
+    pub shard_limit: u32,
     /// Whether online/offline events are wanted.
     pub events: bool,
+    /// Receives are multishot (fast mode): a paused one must be cancelled.
+    pub multishot_recv: bool,
+    /// HELLO tokens are read and checked (`--auth`).
+    pub auth: Option<Arc<dyn TokenCheck>>,
+    /// Connections per source address (`--max-conns-per-ip`).
+    pub per_ip: Option<Arc<PerIpLimit>>,
+    /// Takeovers of one `client_id` allowed per minute (burst
+    /// [`crate::registry::TAKEOVER_BURST`]).
+    pub takeovers_per_min: u32,
+    /// How long an `offline` is held for a returning id (0: not held).
+    pub offline_grace_ticks: u32,
+    /// PINGs a second one connection may keep sending (0: no limit).
+    pub max_ping_rate: u32,
+    /// `Some(threshold)`: the phi accrual detector emits `suspect` events.
+    pub phi_threshold: Option<f64>,
+    /// Every connection starts with a PROXY protocol v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// One shard's protocol state.
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
-    pub table: ConnTable,
-    stash: StashPool,
+    table: ConnTable,
+    stash: Stash,
+    hellos: HelloPool,
+    registry: Registry,
+    grace: grace::Grace,
+    ping_guard: Option<guard::PingGuard>,
+    phi: Option<phi::Phi>,
+    paused: pause::Paused,
     /// Live connections across all shards (for `max_connections`).
     live_total: Arc<AtomicU32>,
     pub stats: ShardStats,
     now_tick: u32,
     /// Monotonic nanoseconds since server start; probe PINGs carry it.
     now_ns: u64,
+    /// Wall clock, for token expiry only.
+    now_unix_s: u64,
     verdicts: Vec<(u32, Verdict)>,
+    commands: Vec<Command>,
+    /// Slots with replies queued since the last [`Engine::take_commands`].
+    dirty: Vec<u32>,
+    /// Closing slots, for the linger: (slot, generation).
+    closing: Vec<(u32, u32)>,
+    /// Receives that ended for lack of buffers: (slot, generation).
+    starved: Vec<(u32, u32)>,
+    /// Sweeps in a row whose evictions were deferred (the shard was late).
+    deferred_in_row: u32,
 }
-
-/// Moves bytes from `src` into `buf[*have..want]`.
-fn fill(buf: &mut [u8], have: &mut usize, want: usize, src: &mut &[u8]) {
-    let n = want.saturating_sub(*have).min(src.len());
-    buf[*have..*have + n].copy_from_slice(&src[..n]);
-    *have += n;
-    *src = &src[n..];
-}
-
-/// Bytes of a frame the server keeps: header plus what it reads of the payload.
-fn keep_len(h: Header) -> usize {
-    HEADER_LEN
-        + match h.kind {
-            Kind::Data => 0,
-            Kind::Close => 2,
-            k => k.fixed_len().expect("fixed kind"),
-        }
-}
-
-const _: () = assert!(HEADER_LEN + protocol::WELCOME_LEN <= KEEP_MAX);
 
 impl Engine {
     pub fn new(
         cfg: EngineConfig,
         table: ConnTable,
-        stash: StashPool,
+        hellos: HelloPool,
         live_total: Arc<AtomicU32>,
         stats: ShardStats,
     ) -> Engine {
+        assert!(cfg.shard_limit <= table.capacity());
+        let refill_ticks = match cfg.takeovers_per_min {
+            0 => u32::MAX,
+            n => cfg.timing.ticks(60_000 / n).max(1),
+        };
+        let ping_guard = (cfg.max_ping_rate > 0).then(|| {
+            guard::PingGuard::new(table.capacity(), cfg.max_ping_rate, cfg.timing.tick_ms)
+        });
+        let phi = cfg
+            .phi_threshold
+            .map(|t| phi::Phi::new(table.capacity(), t));
         Engine {
             cfg,
+            stash: Stash::new(table.capacity()),
             table,
-            stash,
+            hellos,
+            registry: Registry::new(refill_ticks),
+            grace: grace::Grace::default(),
+            ping_guard,
+            phi,
+            paused: pause::Paused::default(),
             live_total,
             stats,
             now_tick: 0,
             now_ns: 0,
+            now_unix_s: 0,
             verdicts: Vec::new(),
+            commands: Vec::new(),
+            dirty: Vec::new(),
+            closing: Vec::new(),
+            starved: Vec::new(),
+            deferred_in_row: 0,
         }
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// The connection table (read-only: only the engine writes it).
+    pub fn table(&self) -> &ConnTable {
+        &self.table
+    }
+
+    /// The shard's share of the `client_id` registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The driver sets the clock before handing in each batch of completions.
@@ -144,8 +228,34 @@ impl Engine {
         self.now_ns = now_ns;
     }
 
+    /// The wall clock (seconds since the epoch), for token expiry.
+    pub fn set_unix_time(&mut self, now_unix_s: u64) {
+        self.now_unix_s = now_unix_s;
+    }
+
     pub fn now_tick(&self) -> u32 {
         self.now_tick
+    }
+
+    /// Hands the driver everything asked of it since the last call, in
+    /// order, starting the sends of connections with queued replies.
+    pub fn take_commands(&mut self, out: &mut Vec<Command>, sends: &mut SendPool) {
+        for slot in std::mem::take(&mut self.dirty) {
+            match self.table.state(slot) {
+                State::Open => self.start_send(slot),
+                State::Closing => self.try_finish_close(slot, sends),
+                State::Free => {}
+            }
+        }
+        debug_assert!(
+            self.commands.len() <= 8 * self.table.capacity() as usize + 1024,
+            "command queue unbounded"
+        );
+        out.append(&mut self.commands);
+    }
+
+    fn push(&mut self, command: Command) {
+        self.commands.push(command);
     }
 
     fn holder(&self, slot: u32) -> Holder {
@@ -160,168 +270,234 @@ impl Engine {
         session_id(self.cfg.shard, slot, self.table.generation[slot as usize])
     }
 
-    /// A new connection in `slot`. Returns its generation. At the global
-    /// limit it is opened and at once closed with CLOSE(OVERLOADED).
-    pub fn on_open(&mut self, slot: u32, peer: Option<SocketAddr>, io: &mut impl Io) -> u32 {
+    fn is_open(&self, slot: u32) -> bool {
+        self.table.state(slot) == State::Open
+    }
+
+    fn arm_recv(&mut self, slot: u32) {
+        debug_assert!(!self.table.has(slot, flag::RECV_ARMED));
+        self.table.set(slot, flag::RECV_ARMED);
+        let generation = self.table.generation[slot as usize];
+        self.push(Command::ArmRecv { slot, generation });
+    }
+
+    /// Starts a send of an open slot's queue unless one is in flight.
+    fn start_send(&mut self, slot: u32) {
+        let head = self.table.send_head[slot as usize];
+        if head == NONE || self.table.has(slot, flag::SEND_INFLIGHT | flag::PEER_DONE) {
+            return;
+        }
+        self.table.set(slot, flag::SEND_INFLIGHT);
+        let generation = self.table.generation[slot as usize];
+        self.push(Command::Send {
+            slot,
+            generation,
+            head,
+        });
+    }
+
+    /// A new connection in `slot`. Returns its generation. Past a limit it
+    /// is opened and at once closed with CLOSE(OVERLOADED).
+    pub fn on_open(&mut self, slot: u32, peer: Option<SocketAddr>, sends: &mut SendPool) -> u32 {
         let timeout_ticks = self.cfg.timing.default_negotiated().timeout_ticks;
         let generation = self.table.open(slot, self.now_tick, timeout_ticks, peer);
+        if let Some(guard) = &mut self.ping_guard {
+            guard.open(slot, self.now_tick);
+        }
+        if let Some(phi) = &mut self.phi {
+            phi.start(slot, self.cfg.timing.ticks(self.cfg.timing.interval_ms));
+        }
         self.stats.accepted.inc();
         self.stats.shard_connections.inc();
         self.stats.connections.inc();
         let live = self.live_total.fetch_add(1, Ordering::Relaxed) + 1;
-        if live > self.cfg.max_connections {
-            self.close(slot, CloseCause::Server(CloseReason::Overloaded), io);
+        if live > self.cfg.max_connections || self.table.open_count() > self.cfg.shard_limit {
+            self.stats.refused_overloaded.inc();
+            self.close(slot, CloseCause::Server(CloseReason::Overloaded), sends);
+        } else if self.cfg.proxy_protocol {
+            // Counted by address once the header names the real one.
+            self.table.set(slot, flag::AWAIT_PROXY);
+            self.arm_recv(slot);
+        } else if !self.count_source(slot, peer) {
+            self.stats.limited_ip.inc();
+            self.close(slot, CloseCause::Server(CloseReason::Limited), sends);
+        } else {
+            self.arm_recv(slot);
         }
         generation
     }
 
-    /// Received bytes for `slot`. Stops at the first protocol error.
-    pub fn on_recv(&mut self, slot: u32, data: &[u8], io: &mut impl Io) {
-        if self.table.state(slot) != State::Open {
+    /// Counts the connection against its address's limit (IPv4 sources;
+    /// IPv6 ones are not limited). False when the address is at its limit.
+    pub(super) fn count_source(&mut self, slot: u32, peer: Option<SocketAddr>) -> bool {
+        let (Some(limit), Some(SocketAddr::V4(v4))) = (&self.cfg.per_ip, peer) else {
+            return true;
+        };
+        if !limit.try_acquire((*v4.ip()).into()) {
+            return false;
+        }
+        self.table.set(slot, flag::IP_COUNTED);
+        true
+    }
+
+    /// Releases what [`Engine::count_source`] counted for a closing slot.
+    fn uncount_source(&mut self, slot: u32) {
+        if !self.table.has(slot, flag::IP_COUNTED) {
             return;
         }
-        let mut rest = data;
-        if self.table.partial[slot as usize] != NONE {
-            match self.feed_partial(slot, rest, io) {
-                Some(r) => rest = r,
-                None => return,
-            }
-        }
-        while rest.len() >= HEADER_LEN && self.table.state(slot) == State::Open {
-            let head: &[u8; HEADER_LEN] = rest[..HEADER_LEN].try_into().expect("8 bytes");
-            let header = match protocol::parse_header(head, self.cfg.max_payload) {
-                Ok(h) => h,
-                Err(e) => return self.protocol_error(slot, e, io),
-            };
-            if rest.len() < header.frame_len() {
-                break;
-            }
-            let payload = &rest[HEADER_LEN..keep_len(header)];
-            rest = &rest[header.frame_len()..];
-            self.on_frame(slot, header.kind, payload, io);
-        }
-        if !rest.is_empty() && self.table.state(slot) == State::Open {
-            self.start_partial(slot, rest, io);
+        self.table.clear(slot, flag::IP_COUNTED);
+        if let (Some(limit), Some(peer)) = (&self.cfg.per_ip, self.table.peer(slot)) {
+            limit.release(peer.ip());
         }
     }
 
-    /// Copies the start of an incomplete frame into a stash entry.
-    fn start_partial(&mut self, slot: u32, bytes: &[u8], io: &mut impl Io) {
-        let Some(index) = self.stash.alloc() else {
-            self.stats.stash_exhausted.inc();
-            return self.close(slot, CloseCause::Server(CloseReason::Overloaded), io);
-        };
-        self.table.partial[slot as usize] = index;
-        let rest = self.feed_partial(slot, bytes, io);
-        debug_assert!(
-            rest.is_none_or(|r| r.is_empty()),
-            "a whole frame was left for the stash"
-        );
+    /// Bytes a receive delivered for `slot`. Stops at the first protocol
+    /// error; held aside while the peer is not reading its replies.
+    pub fn on_recv_data(&mut self, slot: u32, generation: u32, data: &[u8], sends: &mut SendPool) {
+        if !self.table.is_current(slot, generation) || !self.is_open(slot) {
+            return;
+        }
+        // The input a starved receive was waiting for has arrived.
+        self.table.clear(slot, flag::RECV_STARVED);
+        if self.should_hold(slot, sends) {
+            return self.hold(slot, data, sends);
+        }
+        self.parse_input(slot, data, sends);
     }
 
-    /// Feeds bytes to the slot's incomplete frame. Returns the bytes after
-    /// it once it completes, or `None` if all were consumed (or the
-    /// connection closed).
-    fn feed_partial<'a>(
-        &mut self,
-        slot: u32,
-        mut bytes: &'a [u8],
-        io: &mut impl Io,
-    ) -> Option<&'a [u8]> {
-        let index = self.table.partial[slot as usize];
-        let mut p = *self.stash.get_mut(index);
-        let mut have = usize::from(p.have);
-        fill(&mut p.buf, &mut have, HEADER_LEN, &mut bytes);
-        p.have = have as u8;
-        if have < HEADER_LEN {
-            *self.stash.get_mut(index) = p;
-            return None;
+    /// A receive ended (its last completion): `result` is the byte count of
+    /// that completion, 0 for EOF, or `-errno`.
+    pub fn on_recv_end(&mut self, slot: u32, generation: u32, result: i32, sends: &mut SendPool) {
+        if !self.table.is_current(slot, generation) {
+            return;
         }
-        let head: &[u8; HEADER_LEN] = p.buf[..HEADER_LEN].try_into().expect("8 bytes");
-        let header = match protocol::parse_header(head, self.cfg.max_payload) {
-            Ok(h) => h,
-            Err(e) => {
-                self.protocol_error(slot, e, io);
-                return None;
+        self.table
+            .clear(slot, flag::RECV_ARMED | flag::RECV_STARVED);
+        if !self.is_open(slot) {
+            return self.try_finish_close(slot, sends);
+        }
+        match result {
+            // Still open (data, or a cancel by a pause that may have ended):
+            // go on unless input is held.
+            r if r > 0 || r == -libc::ECANCELED => {
+                if !self.paused.contains(slot) {
+                    self.arm_recv(slot);
+                }
             }
-        };
-        if !p.header_ok {
-            p.header_ok = true;
-            p.skip_left = (header.frame_len() - keep_len(header)) as u32;
+            r if r == -libc::ENOBUFS => {
+                // Re-arming now would spin: the kernel has data and still
+                // no buffer. Wait until buffers come back (`after_pass`).
+                self.stats.recv_no_buffers.inc();
+                self.table.set(slot, flag::RECV_STARVED);
+                self.starved.push((slot, generation));
+            }
+            0 => self.close(slot, CloseCause::PeerGone, sends),
+            r if r == -libc::ECONNRESET => self.close(slot, CloseCause::Reset, sends),
+            // After the peer's FIN a reset reads as EPIPE: it had closed.
+            r if r == -libc::EPIPE => self.close(slot, CloseCause::PeerGone, sends),
+            r => {
+                self.stats.io_errors.inc();
+                tracing::debug!(slot, errno = -r, "recv failed");
+                self.close(slot, CloseCause::PeerGone, sends);
+            }
         }
-        fill(&mut p.buf, &mut have, keep_len(header), &mut bytes);
-        p.have = have as u8;
-        let skip = (p.skip_left as usize).min(bytes.len());
-        p.skip_left -= skip as u32;
-        bytes = &bytes[skip..];
-        if have < keep_len(header) || p.skip_left > 0 {
-            *self.stash.get_mut(index) = p;
-            return None;
-        }
-        self.release_partial(slot);
-        self.on_frame(slot, header.kind, &p.buf[HEADER_LEN..keep_len(header)], io);
-        (self.table.state(slot) == State::Open).then_some(bytes)
     }
 
-    fn release_partial(&mut self, slot: u32) {
-        let index = std::mem::replace(&mut self.table.partial[slot as usize], NONE);
-        if index != NONE {
-            self.stash.release(index);
+    /// End of one pass over a batch of completions: receives starved of
+    /// buffers go again once buffers came back in this pass (with none
+    /// back they would fail at once; then they wait for the tick).
+    pub fn after_pass(&mut self, buffers_returned: bool) {
+        if buffers_returned && !self.starved.is_empty() {
+            self.rearm_starved();
+        }
+    }
+
+    /// Re-arms receives that ended for lack of buffers. They stay marked
+    /// starved until the re-armed receive reports: their input is still in
+    /// the kernel, so the sweep must not evict them meanwhile.
+    fn rearm_starved(&mut self) {
+        for (slot, generation) in std::mem::take(&mut self.starved) {
+            if !self.table.is_current(slot, generation) {
+                continue;
+            }
+            let idle = !self.table.has(slot, flag::RECV_ARMED) && !self.paused.contains(slot);
+            if self.is_open(slot) && idle {
+                self.arm_recv(slot);
+            } else {
+                self.table.clear(slot, flag::RECV_STARVED);
+            }
         }
     }
 
     /// One complete, valid frame. `payload` is what the server keeps of it.
-    fn on_frame(&mut self, slot: u32, kind: Kind, payload: &[u8], io: &mut impl Io) {
+    fn on_frame(&mut self, slot: u32, kind: Kind, payload: &[u8], sends: &mut SendPool) {
         let first = !self.table.has(slot, flag::SEEN_FRAME);
         self.stats.frame(kind);
-        let i = slot as usize;
-        self.table.last_seen_tick[i] = self.now_tick;
+        self.phi_frame(slot);
+        self.table.last_seen_tick[slot as usize] = self.now_tick;
         self.table.clear(slot, flag::PROBED);
         self.table.set(slot, flag::SEEN_FRAME);
+        if first && kind != Kind::Hello && self.cfg.auth.as_ref().is_some_and(|a| a.required()) {
+            self.stats.unauthorized.inc();
+            return self.close(slot, CloseCause::Server(CloseReason::Unauthorized), sends);
+        }
         match kind {
-            Kind::Hello if first => return self.on_hello(slot, payload, io),
-            Kind::Hello => return self.protocol_error(slot, ProtocolError::UnexpectedHello, io),
+            Kind::Hello if first => return self.on_hello(slot, payload, sends),
+            Kind::Hello => return self.protocol_error(slot, ProtocolError::UnexpectedHello, sends),
             Kind::Welcome => {
-                return self.protocol_error(slot, ProtocolError::WrongDirection(kind), io)
+                return self.protocol_error(slot, ProtocolError::WrongDirection(kind), sends)
             }
+            Kind::Ping if !self.ping_allowed(slot, sends) => return,
             Kind::Ping => {
                 let echo: [u8; PING_LEN] = payload.try_into().expect("fixed length");
-                self.reply(slot, &protocol::pong_frame(echo), io);
+                self.reply(slot, &protocol::pong_frame(echo), sends);
             }
             Kind::Pong => self.on_pong(payload),
             Kind::Data => {}
-            Kind::Close => return self.close(slot, CloseCause::PeerClose, io),
+            Kind::Close => return self.close(slot, CloseCause::PeerClose, sends),
         }
         // The reply may have closed it (a peer that does not read): then it
         // never goes online, so no offline event follows either.
-        if first && self.table.state(slot) == State::Open {
-            self.go_online(slot, io);
+        if first && self.is_open(slot) {
+            self.go_online(slot);
         }
     }
 
-    fn on_hello(&mut self, slot: u32, payload: &[u8], io: &mut impl Io) {
+    fn on_hello(&mut self, slot: u32, payload: &[u8], sends: &mut SendPool) {
         let client_id = u64::from_be_bytes(payload[..8].try_into().expect("12 bytes"));
         let requested_ms = u32::from_be_bytes(payload[8..12].try_into().expect("12 bytes"));
+        if !self.authenticated(client_id, &payload[12..]) {
+            self.stats.unauthorized.inc();
+            return self.close(slot, CloseCause::Server(CloseReason::Unauthorized), sends);
+        }
         let n = self.cfg.timing.negotiate(requested_ms);
         self.table.timeout_ticks[slot as usize] = n.timeout_ticks;
+        if let Some(phi) = &mut self.phi {
+            phi.start(slot, self.cfg.timing.ticks(n.interval_ms));
+        }
         let welcome = protocol::welcome_frame(self.session(slot), n.interval_ms, n.timeout_ms);
-        self.reply(slot, &welcome, io);
-        if self.table.state(slot) != State::Open {
+        self.reply(slot, &welcome, sends);
+        if !self.is_open(slot) {
             return;
         }
         if client_id == 0 {
-            return self.go_online(slot, io);
+            return self.go_online(slot);
         }
         self.table.client_id[slot as usize] = client_id;
         self.table.set(slot, flag::CLAIMED);
         let home = crate::registry::home_shard(client_id, usize::from(self.cfg.shards));
-        io.control(
-            home,
-            Control::Claim {
-                client_id,
-                holder: self.holder(slot),
-            },
-        );
+        let holder = self.holder(slot);
+        self.message(home, ShardMsg::Home(ToHome::Claim { client_id, holder }));
+    }
+
+    /// Whether a HELLO's token is good enough: required and valid, or not
+    /// required and absent or valid. Without `--auth` tokens are ignored.
+    fn authenticated(&self, client_id: u64, token: &[u8]) -> bool {
+        match &self.cfg.auth {
+            None => true,
+            Some(a) if token.is_empty() => !a.required(),
+            Some(a) => a.verify(client_id, token, self.now_unix_s),
+        }
     }
 
     fn on_pong(&mut self, payload: &[u8]) {
@@ -333,96 +509,142 @@ impl Engine {
         }
     }
 
-    fn go_online(&mut self, slot: u32, io: &mut impl Io) {
+    fn go_online(&mut self, slot: u32) {
         self.table.set(slot, flag::ONLINE);
         if self.cfg.events {
             let peer = self.table.peer(slot);
             let id = self.table.client_id[slot as usize];
-            io.event(Event::new(EventKind::Online, self.session(slot), id, peer));
+            let event = Event::new(EventKind::Online, self.session(slot), id, peer);
+            self.push(Command::Event(event));
         }
+    }
+
+    /// Online again within the offline grace: one `resumed` event instead
+    /// of `offline` + `online`.
+    fn go_resumed(&mut self, slot: u32, previous_session: u64) {
+        self.table.set(slot, flag::ONLINE);
+        if self.cfg.events {
+            let peer = self.table.peer(slot);
+            let id = self.table.client_id[slot as usize];
+            let mut ev = Event::new(EventKind::Resumed, self.session(slot), id, peer);
+            ev.previous_session = Some(previous_session);
+            self.push(Command::Event(ev));
+        }
+    }
+
+    fn message(&mut self, to: u16, msg: ShardMsg) {
+        self.push(Command::Message { to, msg });
     }
 
     /// Queues a reply; a peer that does not read, or an empty pool, ends it.
-    fn reply(&mut self, slot: u32, bytes: &[u8], io: &mut impl Io) {
+    fn reply(&mut self, slot: u32, bytes: &[u8], sends: &mut SendPool) {
         if self.table.has(slot, flag::PEER_DONE) {
             return;
         }
-        match io.send(slot, &mut self.table.send_head[slot as usize], bytes) {
-            Ok(()) => {}
-            Err(QueueError::SlowConsumer) => self.close(slot, CloseCause::SlowConsumer, io),
+        match sends.queue(&mut self.table.send_head[slot as usize], bytes) {
+            Ok(()) => self.dirty.push(slot),
+            Err(QueueError::SlowConsumer) => self.close(slot, CloseCause::SlowConsumer, sends),
             Err(QueueError::PoolExhausted) => {
+                // The shard, not this peer, ran short: tell it (the CLOSE
+                // frame needs no pool) rather than drop it silently.
                 self.stats.send_pool_exhausted.inc();
-                self.close(slot, CloseCause::SlowConsumer, io);
+                self.close(slot, CloseCause::Server(CloseReason::Overloaded), sends);
             }
         }
     }
 
-    fn protocol_error(&mut self, slot: u32, e: ProtocolError, io: &mut impl Io) {
+    fn protocol_error(&mut self, slot: u32, e: ProtocolError, sends: &mut SendPool) {
         tracing::debug!(shard = self.cfg.shard, slot, error = %e, "protocol error");
         self.stats.protocol_errors.inc();
-        self.close(slot, CloseCause::Server(e.close_reason()), io);
+        self.close(slot, CloseCause::Server(e.close_reason()), sends);
     }
 
-    /// Ends an open connection: CLOSE frame (if the cause sends one),
-    /// registry release, offline event, counters; then the driver drains.
-    pub fn close(&mut self, slot: u32, cause: CloseCause, io: &mut impl Io) {
-        if self.table.state(slot) != State::Open {
-            return;
+    /// A message for a `client_id`'s home shard (this one).
+    pub fn on_home(&mut self, msg: ToHome) {
+        let out = match msg {
+            ToHome::Claim { client_id, holder } => {
+                self.registry.claim(client_id, holder, self.now_tick)
+            }
+            ToHome::Evicted { client_id } => self.registry.evicted(client_id),
+            ToHome::Release {
+                client_id,
+                holder,
+                offline,
+            } => {
+                let superseded = self.registry.superseded(client_id, holder);
+                self.registry.release(client_id, holder);
+                if let Some(h) = offline {
+                    self.hold_offline(client_id, h, superseded);
+                }
+                None
+            }
+        };
+        if let Some((to, mut msg)) = out {
+            if let ToHolder::Granted {
+                client_id,
+                resumed_from,
+                ..
+            } = &mut msg
+            {
+                *resumed_from = self.resume(*client_id);
+            }
+            self.message(to, ShardMsg::Holder(msg));
         }
-        if let CloseCause::Server(reason) = cause {
-            let mut buf = [0u8; protocol::CONTROL_FRAME_MAX];
-            let n = protocol::encode_close(reason.code(), reason.text(), &mut buf);
-            if !self.table.has(slot, flag::PEER_DONE) {
-                let head = &mut self.table.send_head[slot as usize];
-                let _ = io.send(slot, head, &buf[..n]); // best effort
+    }
+
+    /// A message for the shard of a connection that holds (or asked for) a
+    /// `client_id`.
+    pub fn on_holder(&mut self, msg: ToHolder, sends: &mut SendPool) {
+        match msg {
+            ToHolder::Evict { client_id, old } => {
+                if self.table.is_current(old.slot, old.generation) {
+                    // The registry already names another: no release.
+                    self.table.clear(old.slot, flag::CLAIMED);
+                    let cause = CloseCause::Server(CloseReason::TakenOver);
+                    self.close(old.slot, cause, sends);
+                }
+                let home = crate::registry::home_shard(client_id, usize::from(self.cfg.shards));
+                self.message(home, ShardMsg::Home(ToHome::Evicted { client_id }));
+            }
+            ToHolder::Refused { holder, .. } => {
+                if self.table.is_current(holder.slot, holder.generation) {
+                    self.stats.limited_takeover.inc();
+                    self.table.clear(holder.slot, flag::CLAIMED); // never held it
+                    let cause = CloseCause::Server(CloseReason::Limited);
+                    self.close(holder.slot, cause, sends);
+                }
+            }
+            ToHolder::Granted {
+                holder,
+                resumed_from,
+                ..
+            } => {
+                let slot = holder.slot;
+                if self.table.is_current(slot, holder.generation)
+                    && self.is_open(slot)
+                    && !self.table.has(slot, flag::ONLINE)
+                {
+                    match resumed_from {
+                        Some(previous) => self.go_resumed(slot, previous),
+                        None => self.go_online(slot),
+                    }
+                }
             }
         }
-        if matches!(
-            cause,
-            CloseCause::PeerClose | CloseCause::PeerGone | CloseCause::Reset
-        ) {
-            self.table.set(slot, flag::PEER_DONE);
-        }
-        self.release_partial(slot);
-        let reason = cause.offline_reason();
-        self.stats.closed(reason);
-        if self.table.has(slot, flag::CLAIMED) {
-            let client_id = self.table.client_id[slot as usize];
-            let home = crate::registry::home_shard(client_id, usize::from(self.cfg.shards));
-            io.control(
-                home,
-                Control::Release {
-                    client_id,
-                    holder: self.holder(slot),
-                },
-            );
-        }
-        if self.table.has(slot, flag::ONLINE) && self.cfg.events {
-            let mut ev = Event::new(
-                EventKind::Offline,
-                self.session(slot),
-                self.table.client_id[slot as usize],
-                self.table.peer(slot),
-            );
-            ev.reason = Some(reason.name());
-            io.event(ev);
-        }
-        self.table.begin_close(slot);
-        let abort = matches!(cause, CloseCause::SlowConsumer | CloseCause::Reset);
-        io.close(slot, self.table.generation[slot as usize], abort);
     }
 
-    /// The driver finished closing `slot`: it is free for reuse.
-    pub fn on_closed(&mut self, slot: u32) {
-        self.table.free(slot);
-        self.stats.shard_connections.dec();
-        self.stats.connections.dec();
-        self.live_total.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// One sweep: evict the stale, probe the quiet. Records its duration
-    /// only when the driver passes one (the engine reads no clock).
-    pub fn on_tick(&mut self, io: &mut impl Io) {
+    /// One tick: closes that lingered too long give up, paused peers that
+    /// never read are closed, starved receives go again, then the sweep
+    /// evicts the stale and probes the quiet. `due_tick` is the tick this
+    /// sweep was due at: a shard running late defers its evictions (see
+    /// [`SWEEP_DEFER_MAX`]).
+    pub fn on_tick(&mut self, due_tick: u32, sends: &mut SendPool) {
+        self.expire_lingering(sends);
+        self.expire_paused(sends);
+        if !self.grace.is_empty() {
+            self.release_expired_offline();
+        }
+        self.rearm_starved();
         let mut verdicts = std::mem::take(&mut self.verdicts);
         verdicts.clear();
         heartbeat::sweep(
@@ -432,65 +654,39 @@ impl Engine {
             self.cfg.probe,
             &mut verdicts,
         );
+        let defer = self.defer_evictions(due_tick);
         for &(slot, verdict) in &verdicts {
             match verdict {
+                Verdict::Evict if defer || self.input_waiting(slot) => {}
                 Verdict::Evict => {
                     self.stats.evicted.inc();
-                    self.close(slot, CloseCause::Server(CloseReason::Timeout), io);
+                    self.close(slot, CloseCause::Server(CloseReason::Timeout), sends);
                 }
                 Verdict::Probe => {
                     self.table.set(slot, flag::PROBED);
                     self.stats.probes_sent.inc();
                     let ping = protocol::ping_frame(self.now_ns.to_be_bytes());
-                    self.reply(slot, &ping, io);
+                    self.reply(slot, &ping, sends);
                 }
             }
         }
         self.verdicts = verdicts;
+        self.phi_sweep();
     }
 
-    /// A control message from the plane.
-    pub fn on_control(&mut self, msg: Control, io: &mut impl Io) {
-        match msg {
-            Control::Evict {
-                client_id,
-                old,
-                new,
-            } => {
-                if self.table.is_current(old.slot, old.generation) {
-                    // The registry already names `new`: no release for `old`.
-                    self.table.clear(old.slot, flag::CLAIMED);
-                    self.close(old.slot, CloseCause::Server(CloseReason::TakenOver), io);
-                }
-                io.control(
-                    new.shard,
-                    Control::Granted {
-                        client_id,
-                        holder: new,
-                    },
-                );
-            }
-            Control::Granted { holder, .. } => {
-                let slot = holder.slot;
-                if self.table.is_current(slot, holder.generation)
-                    && self.table.state(slot) == State::Open
-                    && !self.table.has(slot, flag::ONLINE)
-                {
-                    self.go_online(slot, io);
-                }
-            }
-            Control::Claim { .. } | Control::Release { .. } | Control::Shutdown => {
-                unreachable!("handled by the shard")
-            }
-        }
-    }
-
-    /// Closes every open connection with CLOSE(SHUTDOWN).
-    pub fn shutdown(&mut self, io: &mut impl Io) {
+    /// Closes every open connection with CLOSE(SHUTDOWN) and emits every
+    /// `offline` held for the grace.
+    pub fn shutdown(&mut self, sends: &mut SendPool) {
         for slot in 0..self.table.high_water() {
-            if self.table.state(slot) == State::Open {
-                self.close(slot, CloseCause::Server(CloseReason::Shutdown), io);
+            if self.is_open(slot) {
+                self.close(slot, CloseCause::Server(CloseReason::Shutdown), sends);
             }
         }
+        self.flush_held_offline();
+    }
+
+    /// `offline` events held for the grace on this (home) shard.
+    pub fn held_offline(&self) -> usize {
+        self.grace.len()
     }
 }

@@ -25,6 +25,13 @@ pub const EVENT_QUEUE_MAX: usize = 1 << 16;
 pub enum EventKind {
     Online,
     Offline,
+    /// A client came back within `--offline-grace`: its `offline` and the
+    /// new `online` are not emitted; `previous_session` names the old one.
+    Resumed,
+    /// The phi detector suspects the connection (`--detector phi`).
+    Suspect,
+    /// A suspected connection sent a frame again.
+    Recovered,
 }
 
 /// Why a connection went offline. Names are a contract (`reason` field).
@@ -43,6 +50,10 @@ pub enum OfflineReason {
     Closed,
     /// The server was at its limit, or the peer did not read its replies.
     Overloaded,
+    /// Authentication was required and the connection did not prove its id.
+    Unauthorized,
+    /// A per-source or per-id limit was hit.
+    Limited,
 }
 
 impl OfflineReason {
@@ -57,10 +68,12 @@ impl OfflineReason {
             OfflineReason::Reset => "reset",
             OfflineReason::Closed => "closed",
             OfflineReason::Overloaded => "overloaded",
+            OfflineReason::Unauthorized => "unauthorized",
+            OfflineReason::Limited => "limited",
         }
     }
 
-    pub const ALL: [OfflineReason; 9] = [
+    pub const ALL: [OfflineReason; 11] = [
         OfflineReason::Timeout,
         OfflineReason::ProtocolError,
         OfflineReason::FrameTooLarge,
@@ -70,6 +83,8 @@ impl OfflineReason {
         OfflineReason::Reset,
         OfflineReason::Closed,
         OfflineReason::Overloaded,
+        OfflineReason::Unauthorized,
+        OfflineReason::Limited,
     ];
 }
 
@@ -84,13 +99,21 @@ pub struct Event {
     pub peer: Option<String>,
     /// Offline reason name; `null` for online.
     pub reason: Option<&'static str>,
+    /// `resumed` only: the session that went away and came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_session: Option<u64>,
 }
 
 impl Event {
-    pub fn new(kind: EventKind, session: u64, client_id: u64, peer: Option<SocketAddr>) -> Event {
-        let ts_ms = std::time::SystemTime::now()
+    /// Milliseconds since the epoch, as events carry them.
+    pub fn now_ms() -> u64 {
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    pub fn new(kind: EventKind, session: u64, client_id: u64, peer: Option<SocketAddr>) -> Event {
+        let ts_ms = Event::now_ms();
         Event {
             ts_ms,
             event: kind,
@@ -98,6 +121,7 @@ impl Event {
             client_id,
             peer: peer.map(|p| p.to_string()),
             reason: None,
+            previous_session: None,
         }
     }
 

@@ -60,7 +60,9 @@ impl Timing {
         self.negotiate(0)
     }
 
-    /// Clamps a requested interval to the server's limits; the timeout keeps
+    /// Clamps a requested interval to the server's limits (`max_interval_ms`
+    /// is the server's interval unless configured higher, so a HELLO may
+    /// shorten its interval, never lengthen it); the timeout keeps
     /// the server's timeout/interval ratio and is a whole number of ticks, so
     /// the timeout in WELCOME is exactly what the sweep enforces.
     pub fn negotiate(&self, requested_interval_ms: u32) -> Negotiated {
@@ -143,6 +145,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn by_default_a_hello_can_shorten_but_not_lengthen_its_interval() {
+        let t = Timing::from_config(&Config::default());
+        let server = t.default_negotiated();
+        assert_eq!(
+            t.negotiate(u32::MAX),
+            server,
+            "0xFFFFFFFF gets the server's"
+        );
+        assert_eq!(t.negotiate(t.interval_ms + 1), server);
+        let short = t.negotiate(2_000);
+        assert_eq!(short.interval_ms, 2_000);
+        assert!(short.timeout_ms < server.timeout_ms);
+    }
+
     fn table_with(slots: &[(u32, u32)]) -> ConnTable {
         let mut t = ConnTable::new(64, false, 0);
         for &(slot, seen) in slots {
@@ -206,7 +223,7 @@ mod tests {
     #[test]
     fn free_and_closing_slots_are_skipped() {
         let mut t = table_with(&[(0, 0), (1, 0)]);
-        t.begin_close(1);
+        t.begin_close(1, 0, None);
         assert_eq!(t.timeout_ticks[1], NEVER);
         assert_eq!(verdicts(&t, 1_000, false), vec![(0, Verdict::Evict)]);
     }

@@ -7,6 +7,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 #[allow(unsafe_code)]
 pub mod buf_ring;
 pub mod client;
@@ -16,8 +17,11 @@ pub mod engine;
 pub mod events;
 pub mod heartbeat;
 pub mod load;
+pub mod mailbox;
 pub mod metrics_http;
+pub mod per_ip;
 pub mod protocol;
+pub mod proxy_v2;
 pub mod registry;
 #[allow(unsafe_code)]
 pub mod ring;

@@ -15,8 +15,13 @@ pub const MAGIC: u8 = 0x52;
 pub const VERSION: u8 = 1;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
-/// Payload bytes of HELLO: `client_id u64`, `interval_ms u32`.
+/// Payload bytes of HELLO's fixed part: `client_id u64`, `interval_ms u32`.
 pub const HELLO_LEN: usize = 12;
+/// Most bytes of token a HELLO may carry after its fixed part (revision 2).
+pub const TOKEN_MAX: usize = 512;
+/// Largest HELLO payload (fixed part plus the longest token). This limit
+/// applies to HELLO whatever the receiver's `max_payload` is.
+pub const HELLO_MAX_LEN: usize = HELLO_LEN + TOKEN_MAX;
 /// Payload bytes of WELCOME: `session u64`, `interval_ms u32`, `timeout_ms u32`.
 pub const WELCOME_LEN: usize = 16;
 /// Payload bytes of PING and PONG.
@@ -79,13 +84,26 @@ impl Kind {
         }
     }
 
-    /// The exact payload length of a fixed-size kind; `None` for DATA and CLOSE.
+    /// The exact payload length of a fixed-size kind, and for HELLO the
+    /// length of its fixed part (the token after it is variable); `None` for
+    /// DATA and CLOSE. Valid lengths are [`Kind::len_range`].
     pub fn fixed_len(self) -> Option<usize> {
         match self {
             Kind::Hello => Some(HELLO_LEN),
             Kind::Welcome => Some(WELCOME_LEN),
             Kind::Ping | Kind::Pong => Some(PING_LEN),
             Kind::Data | Kind::Close => None,
+        }
+    }
+
+    /// Payload lengths this kind may have, before the `max_payload` rule.
+    pub fn len_range(self) -> std::ops::RangeInclusive<usize> {
+        match self {
+            Kind::Hello => HELLO_LEN..=HELLO_MAX_LEN,
+            Kind::Welcome => WELCOME_LEN..=WELCOME_LEN,
+            Kind::Ping | Kind::Pong => PING_LEN..=PING_LEN,
+            Kind::Data => 0..=usize::MAX,
+            Kind::Close => CLOSE_MIN_LEN..=CLOSE_MAX_LEN,
         }
     }
 }
@@ -101,10 +119,12 @@ pub enum CloseReason {
     TakenOver = 4,
     Shutdown = 5,
     Overloaded = 6,
+    Unauthorized = 7,
+    Limited = 8,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Normal,
         CloseReason::Timeout,
         CloseReason::ProtocolError,
@@ -112,6 +132,8 @@ impl CloseReason {
         CloseReason::TakenOver,
         CloseReason::Shutdown,
         CloseReason::Overloaded,
+        CloseReason::Unauthorized,
+        CloseReason::Limited,
     ];
 
     /// A known reason, or `None` for a code this version does not name.
@@ -133,6 +155,8 @@ impl CloseReason {
             CloseReason::TakenOver => "taken_over",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Overloaded => "overloaded",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Limited => "limited",
         }
     }
 
@@ -146,8 +170,27 @@ impl CloseReason {
             CloseReason::TakenOver => "client_id taken over by a newer connection",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Overloaded => "server at its connection limit",
+            CloseReason::Unauthorized => {
+                "authentication required: no valid token for this client_id"
+            }
+            CloseReason::Limited => "a per-source or per-id limit was hit",
         }
     }
+}
+
+/// The CLOSE frame the server sends for `code`, in memory that lives for
+/// the whole program: a connection's CLOSE needs no send-pool room, so no
+/// burst of closes can lose one. Unknown codes get an empty text.
+pub fn static_close_frame(code: u16) -> &'static [u8] {
+    static FRAMES: std::sync::LazyLock<Vec<Vec<u8>>> = std::sync::LazyLock::new(|| {
+        CloseReason::ALL
+            .iter()
+            .map(|r| close_frame(*r, r.text()))
+            .collect()
+    });
+    FRAMES
+        .get(usize::from(code))
+        .map_or(&[][..], |f| f.as_slice())
 }
 
 /// Why a header or payload is not valid version-1 wire data.
@@ -198,7 +241,8 @@ impl Header {
 
 /// Validates an 8-byte header. `len` over `max_payload` is
 /// [`ProtocolError::TooLarge`] for every kind and is checked before the
-/// fixed-size rules, so a huge PING is FRAME_TOO_LARGE.
+/// fixed-size rules, so a huge PING is FRAME_TOO_LARGE. HELLO's limit is its
+/// own ([`HELLO_MAX_LEN`]), whatever `max_payload` is.
 pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header, ProtocolError> {
     if bytes[0] != MAGIC {
         return Err(ProtocolError::BadMagic(bytes[0]));
@@ -211,18 +255,14 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header
         return Err(ProtocolError::BadFlags(bytes[3]));
     }
     let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    if len > max_payload {
-        return Err(ProtocolError::TooLarge {
-            len,
-            max: max_payload,
-        });
-    }
-    let len_ok = match kind.fixed_len() {
-        Some(fixed) => len as usize == fixed,
-        None if kind == Kind::Close => (CLOSE_MIN_LEN..=CLOSE_MAX_LEN).contains(&(len as usize)),
-        None => true,
+    let max = match kind {
+        Kind::Hello => HELLO_MAX_LEN as u32,
+        _ => max_payload,
     };
-    if !len_ok {
+    if len > max {
+        return Err(ProtocolError::TooLarge { len, max });
+    }
+    if !kind.len_range().contains(&(len as usize)) {
         return Err(ProtocolError::BadLength { kind, len });
     }
     Ok(Header { kind, len })
@@ -231,9 +271,11 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header
 /// A complete frame, borrowing its variable payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// `token` is empty when the HELLO carries none.
     Hello {
         client_id: u64,
         interval_ms: u32,
+        token: &'a [u8],
     },
     Welcome {
         session: u64,
@@ -286,6 +328,7 @@ pub fn parse_frame(header: Header, payload: &[u8]) -> Frame<'_> {
         Kind::Hello => Frame::Hello {
             client_id: be_u64(payload),
             interval_ms: be_u32(&payload[8..]),
+            token: &payload[HELLO_LEN..],
         },
         Kind::Welcome => Frame::Welcome {
             session: be_u64(payload),
@@ -342,6 +385,28 @@ pub fn hello_frame(client_id: u64, interval_ms: u32) -> [u8; HELLO_FRAME_LEN] {
     frame_with(header_bytes(Kind::Hello, HELLO_LEN as u32), &p)
 }
 
+/// A HELLO carrying `token` (revision 2). Fails if the token is longer than
+/// [`TOKEN_MAX`]. An empty token gives the same bytes as [`hello_frame`].
+pub fn hello_frame_with_token(
+    client_id: u64,
+    interval_ms: u32,
+    token: &[u8],
+) -> Result<Vec<u8>, ProtocolError> {
+    let len = HELLO_LEN + token.len();
+    if token.len() > TOKEN_MAX {
+        return Err(ProtocolError::TooLarge {
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+            max: HELLO_MAX_LEN as u32,
+        });
+    }
+    let mut v = Vec::with_capacity(HEADER_LEN + len);
+    v.extend_from_slice(&header_bytes(Kind::Hello, len as u32));
+    v.extend_from_slice(&client_id.to_be_bytes());
+    v.extend_from_slice(&interval_ms.to_be_bytes());
+    v.extend_from_slice(token);
+    Ok(v)
+}
+
 pub fn welcome_frame(session: u64, interval_ms: u32, timeout_ms: u32) -> [u8; WELCOME_FRAME_LEN] {
     let mut p = [0u8; WELCOME_LEN];
     p[..8].copy_from_slice(&session.to_be_bytes());
@@ -393,6 +458,7 @@ pub enum OwnedFrame {
     Hello {
         client_id: u64,
         interval_ms: u32,
+        token: Vec<u8>,
     },
     Welcome {
         session: u64,
@@ -414,9 +480,11 @@ impl From<Frame<'_>> for OwnedFrame {
             Frame::Hello {
                 client_id,
                 interval_ms,
+                token,
             } => OwnedFrame::Hello {
                 client_id,
                 interval_ms,
+                token: token.to_vec(),
             },
             Frame::Welcome {
                 session,
@@ -530,12 +598,7 @@ mod tests {
 
     #[test]
     fn fixed_sizes_are_exact() {
-        for (kind, ok) in [
-            (Kind::Hello, 12),
-            (Kind::Welcome, 16),
-            (Kind::Ping, 8),
-            (Kind::Pong, 8),
-        ] {
+        for (kind, ok) in [(Kind::Welcome, 16), (Kind::Ping, 8), (Kind::Pong, 8)] {
             assert!(parse_header(&header_bytes(kind, ok), MAX).is_ok());
             for bad in [0, ok - 1, ok + 1] {
                 assert_eq!(
@@ -544,6 +607,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hello_carries_a_token_of_0_to_512_bytes_whatever_max_payload_is() {
+        let min_max = MIN_MAX_PAYLOAD;
+        for max in [min_max, MAX] {
+            for token_len in [0usize, 1, 512] {
+                let token = vec![b'x'; token_len];
+                let bytes = hello_frame_with_token(42, 7, &token).unwrap();
+                let h = parse_header(&head(&bytes), max).unwrap();
+                assert_eq!(h.frame_len(), bytes.len());
+                let f = parse_frame(h, &bytes[HEADER_LEN..]);
+                assert_eq!(
+                    f,
+                    Frame::Hello {
+                        client_id: 42,
+                        interval_ms: 7,
+                        token: &token
+                    }
+                );
+            }
+            let too_long = parse_header(&header_bytes(Kind::Hello, 12 + 513), max).unwrap_err();
+            assert_eq!(too_long.close_reason(), CloseReason::FrameTooLarge);
+            let short = parse_header(&header_bytes(Kind::Hello, 11), max).unwrap_err();
+            assert_eq!(short.close_reason(), CloseReason::ProtocolError);
+        }
+        assert!(hello_frame_with_token(1, 0, &[0u8; 513]).is_err());
+        assert_eq!(
+            hello_frame_with_token(1, 2, b"").unwrap(),
+            hello_frame(1, 2)
+        );
+    }
+
+    #[test]
+    fn close_reasons_round_trip_through_their_codes() {
+        for r in CloseReason::ALL {
+            assert_eq!(CloseReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(CloseReason::from_code(7), Some(CloseReason::Unauthorized));
+        assert_eq!(CloseReason::from_code(8), Some(CloseReason::Limited));
+        assert_eq!(CloseReason::from_code(9), None);
     }
 
     #[test]
@@ -562,7 +666,8 @@ mod tests {
     #[test]
     fn over_max_payload_is_frame_too_large_for_every_kind() {
         for kind in Kind::ALL {
-            let err = parse_header(&header_bytes(kind, MAX + 1), MAX).unwrap_err();
+            let over = if kind == Kind::Hello { 525 } else { MAX + 1 };
+            let err = parse_header(&header_bytes(kind, over), MAX).unwrap_err();
             assert_eq!(err.close_reason(), CloseReason::FrameTooLarge, "{kind:?}");
         }
         assert!(parse_header(&header_bytes(Kind::Data, MAX), MAX).is_ok());
@@ -600,10 +705,16 @@ mod tests {
 
     fn any_frame() -> impl Strategy<Value = OwnedFrame> {
         prop_oneof![
-            (any::<u64>(), any::<u32>()).prop_map(|(c, i)| OwnedFrame::Hello {
-                client_id: c,
-                interval_ms: i
-            }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..=TOKEN_MAX)
+            )
+                .prop_map(|(c, i, t)| OwnedFrame::Hello {
+                    client_id: c,
+                    interval_ms: i,
+                    token: t,
+                }),
             (any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(s, i, t)| {
                 OwnedFrame::Welcome {
                     session: s,
@@ -626,7 +737,8 @@ mod tests {
             OwnedFrame::Hello {
                 client_id,
                 interval_ms,
-            } => hello_frame(*client_id, *interval_ms).to_vec(),
+                token,
+            } => hello_frame_with_token(*client_id, *interval_ms, token).unwrap(),
             OwnedFrame::Welcome {
                 session,
                 interval_ms,

@@ -1,50 +1,92 @@
 //! Starts the shards and runs the control plane: picks the io mode, sizes
 //! each shard, binds one SO_REUSEPORT listener per shard and address, pins
-//! threads round-robin to cores, and carries control messages between shards
-//! over crossbeam channels (each paired with an eventfd that wakes the ring).
+//! threads round-robin to cores, and builds the mailbox the shards message
+//! each other through (`mailbox`).
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use socket2::{Domain, Socket, TcpKeepalive, Type};
 
+use crate::auth::{AuthError, AuthMode, AuthStats, Authenticator};
 use crate::config::{Config, IoMode};
 use crate::conn_table::{ConnTable, SLOTS_MAX};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, TokenCheck};
 use crate::events::{self, Event, EventSender};
 use crate::heartbeat::Timing;
-use crate::registry::Control;
+use crate::mailbox::{Peers, ShardMsg};
+use crate::per_ip::PerIpLimit;
 use crate::ring::{self, Features, RingSetup};
 use crate::shard::{IoPlan, Shard, ShardSpec};
-use crate::stash::StashPool;
+use crate::stash::HelloPool;
 use crate::stats::Stats;
 
 /// Most entries of one ring's fixed-file table (kernel IORING_MAX_FIXED_FILES).
 const FIXED_FILES_MAX: u64 = 1 << 20;
+/// Most HELLOs with tokens one shard assembles at once (each ~0.5 KiB).
+const HELLO_POOL_MAX: u32 = 1024;
 /// Descriptors kept free for listeners, eventfds, the metrics socket, logs.
 const RESERVED_FDS: u64 = 64;
 
-/// Every shard's control-plane inbox and wake eventfd.
-#[derive(Debug)]
-pub struct Peers {
-    senders: Vec<Sender<Control>>,
-    wakers: Vec<std::fs::File>,
+/// Slots of each shard kept free for refusals: past `slots - reserve` open
+/// connections a new one is still accepted, answered CLOSE(OVERLOADED) and
+/// closed, instead of waiting unanswered in the listen backlog.
+pub fn refusal_reserve(slots: u32) -> u32 {
+    (slots / 16).clamp(1, 1024).min(slots.saturating_sub(1))
 }
 
-impl Peers {
-    /// Delivers `msg` to shard `to` and wakes its ring.
-    pub fn send(&self, to: u16, msg: Control) {
-        if self.senders[usize::from(to)].send(msg).is_ok() {
-            let _ = (&self.wakers[usize::from(to)]).write(&1u64.to_ne_bytes());
-        }
+/// The engine's token check, carried out by the authenticator. Each shard
+/// gets its own clone (its own cache: no lock is shared between shards).
+#[derive(Debug)]
+struct ShardAuth(Authenticator);
+
+impl TokenCheck for ShardAuth {
+    fn required(&self) -> bool {
+        self.0.requires_hello()
     }
+
+    fn verify(&self, client_id: u64, token: &[u8], now_unix_s: u64) -> bool {
+        self.0.check_hello(client_id, token, now_unix_s).is_ok()
+    }
+}
+
+/// Exports the authenticator's counters on /metrics.
+fn render_auth(stats: Arc<AuthStats>) -> crate::stats::ExtraRender {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    Box::new(move |out: &mut String| {
+        let _ = writeln!(
+            out,
+            "# HELP ringbeat_auth_verified Tokens accepted by a signature check.\n\
+             # TYPE ringbeat_auth_verified counter\n\
+             ringbeat_auth_verified_total {}\n\
+             # HELP ringbeat_auth_cache_hits Tokens accepted from a shard's cache.\n\
+             # TYPE ringbeat_auth_cache_hits counter\n\
+             ringbeat_auth_cache_hits_total {}\n\
+             # HELP ringbeat_auth_rejected Tokens refused, by reason.\n\
+             # TYPE ringbeat_auth_rejected counter",
+            stats.verified.load(Relaxed),
+            stats.cache_hits.load(Relaxed),
+        );
+        for (name, n) in AuthError::NAMES.iter().zip(&stats.rejected) {
+            let _ = writeln!(
+                out,
+                "ringbeat_auth_rejected_total{{reason=\"{name}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+    })
+}
+
+/// Whether connections need their peer address: events carry it, the
+/// per-address limit counts by it.
+fn keeps_peers(config: &Config, events: bool) -> bool {
+    events || config.max_conns_per_ip.is_some() || config.proxy_protocol
 }
 
 /// The io mode chosen at start-up, and why.
@@ -58,7 +100,7 @@ pub struct ModeChoice {
 pub fn choose_mode(
     requested: IoMode,
     features: &Features,
-    events: bool,
+    needs_peers: bool,
 ) -> anyhow::Result<ModeChoice> {
     let fast = match (requested, features.fast_mode_ready()) {
         (IoMode::Compat, _) => false,
@@ -79,10 +121,10 @@ pub fn choose_mode(
             features.fast_mode_ready().err().unwrap_or_default()
         ),
     };
-    // Multishot accept cannot report peer addresses, which events carry.
+    // Multishot accept cannot report peer addresses.
     let plan = IoPlan {
         fast,
-        multishot_accept: fast && !events,
+        multishot_accept: fast && !needs_peers,
     };
     Ok(ModeChoice { plan, reason })
 }
@@ -193,20 +235,27 @@ impl Server {
 
     fn start_inner(config: Config, events: Option<EventSender>) -> anyhow::Result<Server> {
         let features = Features::probe();
-        let mode = choose_mode(config.io_mode, &features, events.is_some())?;
+        let mode = choose_mode(
+            config.io_mode,
+            &features,
+            keeps_peers(&config, events.is_some()),
+        )?;
         let nofile = ring::raise_nofile_limit().context("RLIMIT_NOFILE")?;
         let slots = slots_per_shard(&config, mode.plan.fast, nofile);
-        let capacity = u64::from(slots) * config.shards as u64;
+        let shard_limit = slots - refusal_reserve(slots);
+        let held = u64::from(shard_limit) * config.shards as u64;
+        let capacity = held.min(u64::from(config.max_connections));
         tracing::info!(mode = %mode.reason, features = %features.summary(), "io mode");
         tracing::info!(
             shards = config.shards,
             slots_per_shard = slots,
+            refusal_reserve = slots - shard_limit,
             nofile,
-            "capacity {capacity} connections"
+            "capacity {capacity} connections (past it: CLOSE(OVERLOADED))"
         );
-        if capacity < u64::from(config.max_connections) {
+        if held < u64::from(config.max_connections) {
             tracing::warn!(
-                "can hold {capacity} connections, below --max-connections {}: {}",
+                "can hold {held} connections, below --max-connections {}: {}",
                 config.max_connections,
                 if mode.plan.fast {
                     "raise nofile or --shards (each ring's table is capped by RLIMIT_NOFILE)"
@@ -217,6 +266,12 @@ impl Server {
         }
         let (listeners, local_addrs) = bind_all(&config)?;
         let stats = Arc::new(Stats::new());
+        stats.capacity.set(capacity as i64);
+        let auth = Authenticator::from_config(&config).context("auth keys")?;
+        tracing::info!(auth = ?auth.mode(), proxy_protocol = config.proxy_protocol, "identity");
+        if auth.mode() != AuthMode::Off {
+            stats.attach_render(render_auth(auth.stats().clone()));
+        }
         let metrics_addr = config
             .metrics
             .map(|addr| crate::metrics_http::spawn(addr, stats.clone()))
@@ -228,12 +283,18 @@ impl Server {
         let wakers = (0..config.shards)
             .map(|_| ring::eventfd())
             .collect::<Result<Vec<_>, _>>()?;
-        let peers = Arc::new(Peers { senders, wakers });
+        let peers = Arc::new(Peers::new(senders, wakers));
         let shared = Shared {
             config: &config,
             plan: mode.plan,
             slots,
+            shard_limit,
+            max_connections: capacity as u32,
             peers: &peers,
+            per_ip: config
+                .max_conns_per_ip
+                .map(|n| Arc::new(PerIpLimit::new(n))),
+            auth: (auth.mode() != AuthMode::Off).then_some(&auth),
             events: &events,
             stats: &stats,
             live_total: Arc::new(AtomicU32::new(0)),
@@ -313,9 +374,7 @@ pub struct ShutdownHandle {
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
-        for to in 0..self.peers.senders.len() {
-            self.peers.send(to as u16, Control::Shutdown);
-        }
+        self.peers.shutdown_all();
     }
 }
 
@@ -324,7 +383,12 @@ struct Shared<'a> {
     config: &'a Config,
     plan: IoPlan,
     slots: u32,
+    shard_limit: u32,
+    /// The effective global limit (`ringbeat_capacity`).
+    max_connections: u32,
     peers: &'a Arc<Peers>,
+    per_ip: Option<Arc<PerIpLimit>>,
+    auth: Option<&'a Authenticator>,
     events: &'a Option<EventSender>,
     stats: &'a Arc<Stats>,
     live_total: Arc<AtomicU32>,
@@ -334,15 +398,15 @@ struct Shared<'a> {
 fn spawn_shards(
     shared: &Shared<'_>,
     listeners: Vec<Vec<Socket>>,
-    receivers: Vec<Receiver<Control>>,
+    receivers: Vec<Receiver<ShardMsg>>,
 ) -> anyhow::Result<Vec<JoinHandle<std::io::Result<()>>>> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
     // Each shard builds its ring on its own thread (a single-issuer ring
     // belongs to the thread that made it) and reports here before serving.
     let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
-    for (id, (listeners, control_rx)) in listeners.into_iter().zip(receivers).enumerate() {
-        let spec = shard_spec(shared, id as u16, listeners, control_rx)
+    for (id, (listeners, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+        let spec = shard_spec(shared, id as u16, listeners, inbox)
             .with_context(|| format!("cannot set up shard {id}"))?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let ready = ready_tx.clone();
@@ -363,9 +427,7 @@ fn spawn_shards(
             .recv()
             .context("a shard thread died while starting")?;
         if let Err(e) = result {
-            for tx in &shared.peers.senders {
-                let _ = tx.send(Control::Shutdown);
-            }
+            shared.peers.shutdown_all();
             anyhow::bail!("cannot set up shard {id}: io_uring: {e}");
         }
     }
@@ -376,7 +438,7 @@ fn shard_spec(
     shared: &Shared<'_>,
     id: u16,
     listeners: Vec<Socket>,
-    control_rx: Receiver<Control>,
+    inbox: Receiver<ShardMsg>,
 ) -> anyhow::Result<ShardSpec> {
     let config = shared.config;
     let ring_setup = RingSetup {
@@ -398,22 +460,35 @@ fn shard_spec(
             timing: Timing::from_config(config),
             max_payload: config.max_payload,
             probe: config.probe,
-            max_connections: config.max_connections,
+            max_connections: shared.max_connections,
+            shard_limit: shared.shard_limit,
             events,
+            multishot_recv: shared.plan.fast,
+            auth: shared
+                .auth
+                .map(|a| Arc::new(ShardAuth(a.clone())) as Arc<dyn TokenCheck>),
+            per_ip: shared.per_ip.clone(),
+            takeovers_per_min: config.max_takeovers_per_min,
+            max_ping_rate: config.max_ping_rate,
+            proxy_protocol: config.proxy_protocol,
+            phi_threshold: (config.detector == crate::config::Detector::Phi)
+                .then_some(config.phi_threshold),
+            offline_grace_ticks: Timing::from_config(config)
+                .ticks(config.offline_grace.as_millis() as u32),
         },
-        ConnTable::new(shared.slots, events, generation_base),
-        StashPool::new((shared.slots / 4).max(64)),
+        ConnTable::new(shared.slots, keeps_peers(config, events), generation_base),
+        HelloPool::new((shared.slots / 64).clamp(16, HELLO_POOL_MAX)),
         shared.live_total.clone(),
         shared.stats.for_shard(id),
     );
-    let wake_fd = shared.peers.wakers[usize::from(id)].as_raw_fd();
+    let wake_fd = shared.peers.wake_fd(id);
     Ok(ShardSpec {
         id,
         plan: shared.plan,
         engine,
         ring_setup,
         listeners,
-        control_rx,
+        inbox,
         wake_fd,
         peers: shared.peers.clone(),
         events: shared.events.clone(),
@@ -424,7 +499,7 @@ fn shard_spec(
         // stalled replies for up to a second (RTT p99 4.9 ms -> 420 ms at
         // 15K clients), so only fast mode batches.
         batch_wait_us: if shared.plan.fast {
-            config.batch_wait.as_micros() as u32
+            config.batch_window_cap().as_micros() as u32
         } else {
             0
         },

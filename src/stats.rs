@@ -1,7 +1,7 @@
 //! Counters, histograms and their Prometheus text. Counters and gauges are
 //! prometheus-client metrics, resolved per label once at start-up so the hot
 //! path is one relaxed atomic add. The two latency histograms are recorded in
-//! hdrhistogram (per shard, merged once per tick) and rendered as Prometheus
+//! hdrhistogram (per shard, merged once a second) and rendered as Prometheus
 //! histograms with fixed bucket bounds.
 
 use std::fmt::Write;
@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::events::{EventDrops, OfflineReason};
-use crate::protocol::Kind;
+use crate::protocol::{CloseReason, Kind};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShardLabel {
@@ -25,6 +25,11 @@ struct ShardLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +43,18 @@ const SWEEP_BUCKETS_S: [f64; 10] = [1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e
 const LAG_BUCKETS_S: [f64; 10] = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5, 1.0];
 /// Upper bounds (seconds) of the probe-RTT buckets.
 const RTT_BUCKETS_S: [f64; 10] = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0];
+
+/// Renders metrics another module keeps into the exposition.
+pub type ExtraRender = Box<dyn Fn(&mut String) + Send + Sync>;
+
+/// The attached renderers.
+struct Extras(Mutex<Vec<ExtraRender>>);
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Extras")
+    }
+}
 
 /// Process-wide metrics. Shards hold a [`ShardStats`] of pre-resolved handles.
 #[derive(Debug)]
@@ -56,11 +73,24 @@ pub struct Stats {
     pub stash_exhausted: Counter,
     pub recv_paused: Counter,
     pub io_errors: Counter,
-    /// Not exported (replaced by `ringbeat_events_dropped_total{cause}`, read
-    /// from [`Stats::attach_event_drops`]); kept until the shards stop setting it.
-    pub events_dropped: Gauge,
+    /// Connections the server can hold (the effective limit).
+    pub capacity: Gauge,
+    pub refused_overloaded: Counter,
+    limited: Family<LimitLabel, Counter>,
+    pub unauthorized: Counter,
+    pub resumed: Counter,
+    pub suspected: Counter,
+    pub recovered: Counter,
+    pub proxied: Counter,
+    pub proxy_refused: Counter,
+    pub sweeps_deferred: Counter,
+    pub evictions_deferred: Counter,
+    close_frames_unsent: Family<ReasonLabel, Counter>,
     /// The event channel's loss counters, once a sink is attached.
     event_drops: OnceLock<Arc<EventDrops>>,
+    /// Renderers of metrics kept by other modules (authenticator, cluster),
+    /// appended to the exposition; attached at start-up.
+    extra: Extras,
     /// Sweep durations in nanoseconds.
     sweep_ns: Mutex<Histogram<u64>>,
     /// How late each tick (and so each sweep) ran, in nanoseconds.
@@ -96,8 +126,20 @@ impl Stats {
             stash_exhausted: Counter::default(),
             recv_paused: Counter::default(),
             io_errors: Counter::default(),
-            events_dropped: Gauge::default(),
+            capacity: Gauge::default(),
+            refused_overloaded: Counter::default(),
+            limited: Family::default(),
+            unauthorized: Counter::default(),
+            resumed: Counter::default(),
+            suspected: Counter::default(),
+            recovered: Counter::default(),
+            proxied: Counter::default(),
+            proxy_refused: Counter::default(),
+            sweeps_deferred: Counter::default(),
+            evictions_deferred: Counter::default(),
+            close_frames_unsent: Family::default(),
             event_drops: OnceLock::new(),
+            extra: Extras(Mutex::new(Vec::new())),
             sweep_ns: Mutex::new(histogram()),
             tick_lag_ns: Mutex::new(histogram()),
             rtt_us: Mutex::new(histogram()),
@@ -173,6 +215,66 @@ impl Stats {
             "Unexpected I/O errors",
             self.io_errors.clone(),
         );
+        r.register(
+            "ringbeat_capacity",
+            "Connections the server can hold: the smaller of --max-connections and what the rings (or nofile) hold",
+            self.capacity.clone(),
+        );
+        r.register(
+            "ringbeat_overloaded_refusals",
+            "Connections answered CLOSE(OVERLOADED) at accept: over the connection limit",
+            self.refused_overloaded.clone(),
+        );
+        r.register(
+            "ringbeat_limited",
+            "Connections answered CLOSE(LIMITED): per source address (--max-conns-per-ip), takeovers of one client_id over the rate limit, PINGs over --max-ping-rate",
+            self.limited.clone(),
+        );
+        r.register(
+            "ringbeat_unauthorized",
+            "Connections answered CLOSE(UNAUTHORIZED): no valid token where --auth asks for one",
+            self.unauthorized.clone(),
+        );
+        r.register(
+            "ringbeat_resumed",
+            "Clients back within --offline-grace: one resumed event instead of offline + online",
+            self.resumed.clone(),
+        );
+        r.register(
+            "ringbeat_suspected",
+            "Connections the phi detector suspected (--detector phi)",
+            self.suspected.clone(),
+        );
+        r.register(
+            "ringbeat_recovered",
+            "Suspected connections that sent a frame again",
+            self.recovered.clone(),
+        );
+        r.register(
+            "ringbeat_proxied",
+            "Connections whose PROXY v2 header named the client (--proxy-protocol)",
+            self.proxied.clone(),
+        );
+        r.register(
+            "ringbeat_proxy_refused",
+            "Connections closed for a missing or invalid PROXY v2 header",
+            self.proxy_refused.clone(),
+        );
+        r.register(
+            "ringbeat_sweeps_deferred",
+            "Sweeps whose evictions were deferred: the shard ran late",
+            self.sweeps_deferred.clone(),
+        );
+        r.register(
+            "ringbeat_evictions_deferred",
+            "Evictions deferred one tick: input was waiting in the kernel",
+            self.evictions_deferred.clone(),
+        );
+        r.register(
+            "ringbeat_close_frames_unsent",
+            "CLOSE frames owed to a peer that could not be written (peer gone or not reading for the whole linger)",
+            self.close_frames_unsent.clone(),
+        );
     }
 
     /// Handles for shard `shard`, resolved once.
@@ -206,10 +308,37 @@ impl Stats {
             stash_exhausted: self.stash_exhausted.clone(),
             recv_paused: self.recv_paused.clone(),
             io_errors: self.io_errors.clone(),
+            refused_overloaded: self.refused_overloaded.clone(),
+            limited_ip: self.limited(LimitLabel { limit: "ip".into() }),
+            limited_takeover: self.limited(LimitLabel {
+                limit: "takeover".into(),
+            }),
+            limited_ping: self.limited(LimitLabel {
+                limit: "ping_rate".into(),
+            }),
+            unauthorized: self.unauthorized.clone(),
+            resumed: self.resumed.clone(),
+            suspected: self.suspected.clone(),
+            recovered: self.recovered.clone(),
+            proxied: self.proxied.clone(),
+            proxy_refused: self.proxy_refused.clone(),
+            sweeps_deferred: self.sweeps_deferred.clone(),
+            evictions_deferred: self.evictions_deferred.clone(),
+            close_frames_unsent: CloseReason::ALL.map(|r| {
+                self.close_frames_unsent
+                    .get_or_create(&ReasonLabel {
+                        reason: r.name().into(),
+                    })
+                    .clone()
+            }),
             sweep_ns: histogram(),
             tick_lag_ns: histogram(),
             rtt_us: histogram(),
         }
+    }
+
+    fn limited(&self, label: LimitLabel) -> Counter {
+        self.limited.get_or_create(&label).clone()
     }
 
     /// Merges a shard's local histograms and clears them.
@@ -238,6 +367,12 @@ impl Stats {
     /// call wins; without one, the counters read 0.
     pub fn attach_event_drops(&self, drops: Arc<EventDrops>) {
         let _ = self.event_drops.set(drops);
+    }
+
+    /// Appends `render`'s lines (Prometheus text, with their HELP and TYPE)
+    /// to every exposition.
+    pub fn attach_render(&self, render: ExtraRender) {
+        self.extra.0.lock().expect("stats lock").push(render);
     }
 
     fn render_event_drops(&self, out: &mut String) {
@@ -288,6 +423,9 @@ impl Stats {
             &RTT_BUCKETS_S,
         );
         self.render_event_drops(&mut out);
+        for render in self.extra.0.lock().expect("stats lock").iter() {
+            render(&mut out);
+        }
         out.push_str("# EOF\n");
         out
     }
@@ -327,8 +465,8 @@ pub struct ShardStats {
     pub shard_connections: Gauge,
     pub accepted: Counter,
     pub evicted: Counter,
-    closed: [Counter; 9],
-    frames: [Counter; 6],
+    closed: [Counter; OfflineReason::ALL.len()],
+    frames: [Counter; Kind::ALL.len()],
     pub protocol_errors: Counter,
     pub probes_sent: Counter,
     pub recv_no_buffers: Counter,
@@ -336,6 +474,19 @@ pub struct ShardStats {
     pub stash_exhausted: Counter,
     pub recv_paused: Counter,
     pub io_errors: Counter,
+    pub refused_overloaded: Counter,
+    pub limited_ip: Counter,
+    pub limited_takeover: Counter,
+    pub limited_ping: Counter,
+    pub unauthorized: Counter,
+    pub resumed: Counter,
+    pub suspected: Counter,
+    pub recovered: Counter,
+    pub proxied: Counter,
+    pub proxy_refused: Counter,
+    pub sweeps_deferred: Counter,
+    pub evictions_deferred: Counter,
+    close_frames_unsent: [Counter; CloseReason::ALL.len()],
     pub sweep_ns: Histogram<u64>,
     pub tick_lag_ns: Histogram<u64>,
     pub rtt_us: Histogram<u64>,
@@ -344,6 +495,13 @@ pub struct ShardStats {
 impl ShardStats {
     pub fn frame(&self, kind: Kind) {
         self.frames[kind as usize - 1].inc();
+    }
+
+    /// A CLOSE frame with `code` could not be written.
+    pub fn close_frame_unsent(&self, code: u16) {
+        if let Some(c) = self.close_frames_unsent.get(usize::from(code)) {
+            c.inc();
+        }
     }
 
     pub fn closed(&self, reason: OfflineReason) {

@@ -29,11 +29,13 @@ pub enum Op {
     ProvideBuffers = 9,
     /// Outbound connect (load generator).
     Connect = 10,
+    /// Send of a connection's CLOSE frame (static memory, not the queue).
+    CloseFrame = 11,
 }
 
 impl Op {
     fn from_u8(v: u8) -> Option<Op> {
-        const ALL: [Op; 10] = [
+        const ALL: [Op; 11] = [
             Op::AcceptMulti,
             Op::Accept,
             Op::Recv,
@@ -44,6 +46,7 @@ impl Op {
             Op::Wake,
             Op::ProvideBuffers,
             Op::Connect,
+            Op::CloseFrame,
         ];
         ALL.get(usize::from(v).wrapping_sub(1)).copied()
     }

@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{Peer, SLACK};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ringbeat");
+use common::child::{http_get, sigterm, spawn_server, wait_exit, BIN};
+use common::Peer;
 
 fn bad_input_exits_2(args: &[&str], needle: &str) {
     let out = Command::new(BIN).args(args).output().expect("run ringbeat");
@@ -34,81 +30,6 @@ fn bad_flags_and_config_exit_2_with_a_clear_line() {
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "intervall = \"1s\"\n").unwrap();
     bad_input_exits_2(&["serve", "--config", path.to_str().unwrap()], "intervall");
-}
-
-/// A running `ringbeat serve` child and the addresses it logged.
-struct Running {
-    child: Child,
-    listen: SocketAddr,
-    metrics: SocketAddr,
-}
-
-fn spawn_server(extra: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringbeat");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut listen, mut metrics) = (None, None);
-    while listen.is_none() || metrics.is_none() {
-        let line = lines.next().expect("server exited early").unwrap();
-        if let Some(rest) = line
-            .split("addr=")
-            .nth(1)
-            .filter(|_| line.contains("listening"))
-        {
-            listen = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-        }
-        if let Some(rest) = line.split("http://").nth(1) {
-            metrics = rest.split('/').next().and_then(|a| a.parse().ok());
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Running {
-        child,
-        listen: listen.unwrap(),
-        metrics: metrics.unwrap(),
-    }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(SLACK)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn wait_exit(child: &mut Child) -> (Option<i32>, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), started.elapsed());
-        }
-        if started.elapsed() > SLACK * 2 {
-            let _ = child.kill();
-            panic!("server did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -139,7 +60,7 @@ fn sigterm_closes_everyone_with_shutdown_and_exits_0() {
     }
     assert!(http_get(server.metrics, "/nope").starts_with("HTTP/1.1 404"));
 
-    let pid = server.child.id() as i32;
+    let pid = server.child.id();
     assert_eq!(sigterm(pid), 0);
     for p in &mut peers {
         p.expect_close(5);
@@ -166,15 +87,6 @@ fn sigterm_closes_everyone_with_shutdown_and_exits_0() {
     }
 }
 
-/// Sends SIGTERM with the `kill` command (tests stay free of `unsafe`).
-fn sigterm(pid: i32) -> i32 {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    status.code().unwrap_or(-1)
-}
-
 #[test]
 fn a_config_file_sets_the_same_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,6 +101,72 @@ fn a_config_file_sets_the_same_keys() {
     peer.hello(9, 0);
     let (_, interval_ms, timeout_ms) = peer.expect_welcome();
     assert_eq!((interval_ms, timeout_ms), (2_000, 8_000));
-    sigterm(server.child.id() as i32);
+    sigterm(server.child.id());
     assert_eq!(wait_exit(&mut server.child).0, Some(0));
+}
+
+fn token_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("run ringbeat token")
+}
+
+#[test]
+fn token_subcommand_mints_what_the_authenticator_accepts() {
+    use ringbeat::auth::{AuthError, Authenticator, KeySpec};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("k1.secret");
+    std::fs::write(&secret, "a-32-byte-or-longer-shared-secret!!\n").unwrap();
+    let key = format!("k1=hs256:{}", secret.display());
+    let out = token_cmd(&["--key", &key, "--client-id", "42", "--ttl", "1h"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.trim_end();
+    assert_eq!(stdout.lines().count(), 1);
+    assert_eq!(token.split('.').count(), 3, "compact JWT: {token}");
+    let spec: KeySpec = key.parse().unwrap();
+    let auth = Authenticator::new(&[spec], None).unwrap();
+    let now = ringbeat::auth::unix_now_s();
+    assert_eq!(auth.verify(42, token.as_bytes(), now), Ok(()));
+    assert_eq!(
+        auth.verify(43, token.as_bytes(), now),
+        Err(AuthError::WrongSubject)
+    );
+    assert_eq!(
+        auth.verify(42, token.as_bytes(), now + 3600),
+        Err(AuthError::Expired)
+    );
+}
+
+#[test]
+fn a_bad_key_file_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.secret");
+    std::fs::write(&short, "short\n").unwrap();
+    let short_key = format!("k1=hs256:{}", short.display());
+    let absent_key = format!("k2=eddsa:{}", dir.path().join("absent.pem").display());
+    for key in [&short_key, &absent_key] {
+        for args in [
+            vec!["token", "--key", key, "--client-id", "1"],
+            vec!["serve", "--listen", "127.0.0.1:0", "--auth-key", key],
+        ] {
+            let out = Command::new(BIN).args(&args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("ringbeat:")).collect();
+            assert_eq!(lines.len(), 1, "{stderr}");
+            assert!(lines[0].contains("\"k"), "names the kid: {stderr}");
+        }
+    }
+    bad_input_exits_2(&["serve", "--auth", "required"], "--auth-key");
+    bad_input_exits_2(
+        &["token", "--key", "k1", "--client-id", "1"],
+        "KID=hs256:FILE",
+    );
 }

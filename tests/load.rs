@@ -54,10 +54,16 @@ fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
         "silent=0.2,reset=0.1,close=0.1,garbage=0.1,dribble=0.1",
     ]);
     assert_eq!(r["tool"], "ringbeat-load");
-    assert_eq!(r["schema"], 1);
+    assert_eq!(r["schema"], 2);
     assert_eq!(r["connected"], 300);
     assert_eq!(r["connect_errors"], 0);
     assert_eq!(r["false_evictions"], 0);
+    assert_eq!(
+        r["late_client_evictions"], 0,
+        "300 clients never fall behind"
+    );
+    assert!(r["send_lag_us"]["count"].as_u64().unwrap() > 300);
+    assert!(r["send_lag_us"]["p99"].as_u64().unwrap() < 1_500_000);
     assert_eq!(r["unexpected_disconnects"], 0);
     assert_eq!(r["server_protocol_errors"], 0);
     let silent = r["silent_total"].as_u64().unwrap();

@@ -352,15 +352,30 @@ fn a_peer_that_never_reads_is_closed_as_overloaded() {
         }
         let series = r#"ringbeat_closed_total{reason="overloaded"}"#;
         assert_eq!(wait_metric(server.stats(), series, 1), 1);
+        let decided = Instant::now();
+        // Its queued bytes are dropped (abort), not flushed for the 2 s
+        // linger: the slot is free well before.
+        while metric(server.stats(), "ringbeat_connections") > 1 {
+            assert!(decided.elapsed() < Duration::from_secs(1), "slot held");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(metric(server.stats(), "ringbeat_recv_paused_total") >= 1);
         bystander.ping(5);
         bystander.expect_pong(5);
     });
 }
 
+/// Takeovers without the rate limit (it has its own test).
+fn unlimited_takeovers(mode: IoMode) -> ServeArgs {
+    ServeArgs {
+        max_takeovers_per_min: Some(0),
+        ..args(mode)
+    }
+}
+
 #[test]
 fn takeover_closes_the_older_connection_on_any_shard() {
-    each_server(args, |_, addr| {
+    each_server(unlimited_takeovers, |_, addr| {
         let mut shards_seen = [false; 2];
         let mut holder: Option<Peer> = None;
         for _ in 0..12 {
@@ -444,5 +459,142 @@ fn events_report_online_and_offline() {
         assert_eq!(offline.session, online.session);
         let _ = Got::Eof;
         stop(server);
+    });
+}
+
+#[test]
+fn a_half_close_is_reported_as_closed_not_reset() {
+    use ringbeat::events::EventKind;
+    each_mode(|mode| {
+        let config = ringbeat::config::Config::resolve(args(mode)).unwrap();
+        let (server, events) = ringbeat::server::Server::start_with_events(config).unwrap();
+        let addr = server.local_addrs()[0];
+        const N: usize = 2_000;
+        for i in 0..N as u64 {
+            let mut peer = Peer::connect(addr);
+            peer.ping(i);
+            if i % 2 == 0 {
+                // Half-close, read to the end.
+                peer.expect_pong(i);
+                peer.stream.shutdown(Shutdown::Write).unwrap();
+                peer.expect_end();
+            } else {
+                // Half-close and go at once, the PONG maybe unread (the
+                // kernel may then answer it with a reset).
+                peer.stream.shutdown(Shutdown::Write).unwrap();
+            }
+        }
+        let mut reasons = std::collections::HashMap::new();
+        for _ in 0..2 * N {
+            let ev = events.recv_timeout(common::SLACK).expect("event");
+            if ev.event == EventKind::Offline {
+                *reasons.entry(ev.reason.unwrap()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(reasons.get("closed"), Some(&N), "{mode:?}: {reasons:?}");
+        stop(server);
+    });
+}
+
+/// One takeover of an id per minute after the burst of 10.
+fn slow_takeovers(mode: IoMode) -> ServeArgs {
+    ServeArgs {
+        max_takeovers_per_min: Some(1),
+        ..args(mode)
+    }
+}
+
+#[test]
+fn takeovers_past_the_rate_limit_get_limited_and_the_holder_stays() {
+    each_server(slow_takeovers, |server, addr| {
+        let mut holder = Peer::connect(addr);
+        holder.hello(77, 0);
+        holder.expect_welcome();
+        for _ in 0..10 {
+            let mut p = Peer::connect(addr);
+            p.hello(77, 0);
+            p.expect_welcome();
+            holder.expect_close(TAKEN_OVER);
+            holder = p;
+        }
+        for _ in 0..20 {
+            let mut p = Peer::connect(addr);
+            p.hello(77, 0);
+            p.expect_welcome();
+            p.expect_close(CloseReason::Limited.code());
+        }
+        let series = r#"ringbeat_limited_total{limit="takeover"}"#;
+        assert_eq!(metric(server.stats(), series), 20);
+        holder.ping(2);
+        holder.expect_pong(2);
+    });
+}
+
+/// A small server: 200 connections.
+fn two_hundred_max(mode: IoMode) -> ServeArgs {
+    ServeArgs {
+        max_connections: Some(200),
+        ..args(mode)
+    }
+}
+
+#[test]
+fn a_split_frame_is_served_while_most_connections_hold_one_byte() {
+    each_server(two_hundred_max, |server, addr| {
+        // Three quarters of capacity each send one byte of a header.
+        let attackers: Vec<Peer> = (0..150)
+            .map(|_| {
+                let mut p = Peer::connect(addr);
+                p.send(&[0x52]);
+                p
+            })
+            .collect();
+        let mut honest = Peer::connect(addr);
+        let ping = protocol::ping_frame(9u64.to_be_bytes());
+        honest.send(&ping[..3]);
+        std::thread::sleep(Duration::from_millis(50)); // two segments
+        honest.send(&ping[3..]);
+        honest.expect_pong(9);
+        assert_eq!(metric(server.stats(), "ringbeat_stash_exhausted_total"), 0);
+        drop(attackers);
+    });
+}
+
+/// At most five connections per address.
+fn five_per_address(mode: IoMode) -> ServeArgs {
+    ServeArgs {
+        max_conns_per_ip: Some(5),
+        ..args(mode)
+    }
+}
+
+#[test]
+fn connections_past_the_per_address_limit_get_limited() {
+    each_server(five_per_address, |server, addr| {
+        let mut held: Vec<Peer> = (0..5u64)
+            .map(|i| {
+                let mut p = Peer::connect(addr);
+                p.ping(i);
+                p.expect_pong(i);
+                p
+            })
+            .collect();
+        let mut sixth = Peer::connect(addr);
+        sixth.expect_close(CloseReason::Limited.code());
+        let series = r#"ringbeat_limited_total{limit="ip"}"#;
+        assert_eq!(metric(server.stats(), series), 1);
+        held.pop(); // one closes: room again
+        let mut again = Peer::connect(addr);
+        let mut ok = false;
+        for i in 0..50 {
+            again.ping(i);
+            if let Got::Frame(OwnedFrame::Pong(_)) = again.next() {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            again = Peer::connect(addr);
+        }
+        assert!(ok, "a slot came free after a close");
     });
 }

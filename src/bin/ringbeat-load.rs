@@ -230,7 +230,7 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
     };
     json!({
         "tool": "ringbeat-load",
-        "schema": 1,
+        "schema": 2,
         "args": {
             "connect": a.connect.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
             "clients": a.clients, "ramp": a.ramp,
@@ -256,7 +256,11 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
         "detection_ms": t.detection_json(&config.timing),
         "silent_total": t.silent_total,
         "silent_evicted": t.silent_evicted,
+        // Healthy clients evicted by the server's fault; the load
+        // generator's own lateness is counted apart (docs/LOAD.md).
         "false_evictions": t.false_evictions,
+        "late_client_evictions": t.late_client_evictions,
+        "send_lag_us": t.send_lag_json(),
         "unexpected_disconnects": t.unexpected_disconnects,
         "server_protocol_errors": t.server_protocol_errors,
         "recv_no_buffers": t.recv_no_buffers,

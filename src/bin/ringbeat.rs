@@ -3,10 +3,12 @@
 //! SIGHUP reopens the events file (after logrotate moved or removed it).
 //! `ringbeat check-system` says what would stop this machine from holding
 //! N connections, with the fix for each; it exits 1 if something blocks.
+//! `ringbeat token` mints a HELLO token (PROTOCOL.md, Authentication).
 
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use ringbeat::auth::{Authenticator, KeySpec};
 use ringbeat::config::{Config, IoMode, ServeArgs};
 use ringbeat::server::Server;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -33,6 +35,34 @@ enum Command {
     Features,
     /// Report what would stop this machine from holding N connections.
     CheckSystem(CheckArgs),
+    /// Print a HELLO token (compact JWT) for one client_id to stdout.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Signing key: KID=hs256:SECRET_FILE or KID=eddsa:PRIVATE_KEY.pem
+    #[arg(long, value_name = "KID=ALG:FILE", value_parser = parse_key)]
+    key: KeySpec,
+    /// The token's `sub`: the client_id its HELLO will carry
+    #[arg(long, value_name = "ID")]
+    client_id: u64,
+    /// How long the token is valid (`exp` = now + ttl), e.g. 1h, 30d
+    #[arg(long, value_name = "DUR", value_parser = parse_ttl, default_value = "1h")]
+    ttl: std::time::Duration,
+}
+
+fn parse_key(s: &str) -> Result<KeySpec, String> {
+    s.parse()
+        .map_err(|e: ringbeat::auth::KeyError| e.to_string())
+}
+
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if ttl.as_secs() == 0 {
+        return Err("--ttl must be at least 1s".into());
+    }
+    Ok(ttl)
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +107,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckSystem(args) => check_system(&args),
+        Command::Token(args) => token(&args),
+    }
+}
+
+fn token(args: &TokenArgs) -> ExitCode {
+    let now_s = ringbeat::auth::unix_now_s();
+    match ringbeat::auth::keys::mint_from_file(&args.key, args.client_id, now_s, args.ttl.as_secs())
+    {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringbeat: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -112,6 +158,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Load every key now: a bad key file is one line and exit 2, not a
+    // refusal of every client later.
+    let auth = match Authenticator::from_config(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ringbeat: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    drop(auth); // the server loads the keys again for its shards
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -47,7 +47,17 @@ pub struct AsyncClient {
 
 impl AsyncClient {
     /// Spawns the client task on the current tokio runtime.
+    ///
+    /// # Panics
+    /// With feature `tls`, if `config.tls` is set: this driver has no TLS
+    /// yet (use the blocking [`crate::client::Client`]); it refuses rather
+    /// than send in cleartext what the caller meant to encrypt.
     pub fn start(config: ClientConfig) -> AsyncClient {
+        #[cfg(feature = "tls")]
+        assert!(
+            config.tls.is_none(),
+            "AsyncClient has no TLS yet: use the blocking Client for TLS"
+        );
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let live = Arc::new(AtomicBool::new(false));

@@ -1,6 +1,8 @@
 //! The blocking (std) client: a driver thread that carries out what the
 //! [`Machine`] asks, plus one reader thread per connection. The application
-//! talks to it through channels and never blocks on the network.
+//! talks to it through channels and never blocks on the network. With
+//! feature `tls` and [`ClientConfig::tls`] set, both threads go through one
+//! shared [`super::tls::TlsSession`].
 //!
 //! ```no_run
 //! use ringbeat::client::{Client, ClientConfig, ClientEvent};
@@ -24,6 +26,20 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::machine::{Machine, Output};
 use super::{check_send, ClientConfig, ClientError, ClientEvent, DisconnectReason};
+
+#[cfg(feature = "tls")]
+type Tls = Option<super::tls::TlsSession>;
+/// Without feature `tls` there is never a session (an empty type).
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+enum NoTls {}
+#[cfg(not(feature = "tls"))]
+type Tls = Option<NoTls>;
+
+#[cfg(feature = "tls")]
+type Connector = Option<super::tls::Connector>;
+#[cfg(not(feature = "tls"))]
+type Connector = Option<NoTls>;
 
 /// Bytes one `read` takes from the socket.
 const READ_CHUNK: usize = 4096;
@@ -59,7 +75,9 @@ impl Client {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let live = Arc::new(AtomicBool::new(false));
         let max_payload = config.max_payload;
-        let driver = Driver::new(config, commands_rx, events_tx, live.clone());
+        let connector = connector(&config)?;
+        let mut driver = Driver::new(config, commands_rx, events_tx, live.clone());
+        driver.connector = connector;
         let thread = std::thread::Builder::new()
             .name("ringbeat-client".into())
             .spawn(move || driver.run())?;
@@ -112,7 +130,19 @@ impl Drop for Client {
 
 struct Connection {
     stream: TcpStream,
+    tls: Tls,
     generation: u64,
+}
+
+#[cfg(feature = "tls")]
+fn connector(config: &ClientConfig) -> std::io::Result<Connector> {
+    let make = |t| super::tls::Connector::new(t).map_err(std::io::Error::other);
+    config.tls.as_ref().map(make).transpose()
+}
+
+#[cfg(not(feature = "tls"))]
+fn connector(_config: &ClientConfig) -> std::io::Result<Connector> {
+    Ok(None)
 }
 
 struct Driver {
@@ -126,6 +156,7 @@ struct Driver {
     input_rx: Receiver<Input>,
     events: Sender<ClientEvent>,
     live: Arc<AtomicBool>,
+    connector: Connector,
 }
 
 impl Driver {
@@ -147,6 +178,7 @@ impl Driver {
             input_rx,
             events,
             live,
+            connector: None,
         }
     }
 
@@ -221,11 +253,14 @@ impl Driver {
 
     fn connect(&mut self) {
         let now_ms = self.now_ms();
-        match open(&self.config.server, self.config.connect_timeout) {
-            Ok(stream) => match self.spawn_reader(&stream) {
+        let opened = open(&self.config.server, self.config.connect_timeout)
+            .and_then(|mut stream| Ok((start_tls(&self.connector, &mut stream)?, stream)));
+        match opened {
+            Ok((tls, stream)) => match self.spawn_reader(&stream, tls.clone()) {
                 Ok(()) => {
                     self.conn = Some(Connection {
                         stream,
+                        tls,
                         generation: self.generation,
                     });
                     self.machine.connected(now_ms);
@@ -240,20 +275,20 @@ impl Driver {
         }
     }
 
-    fn spawn_reader(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+    fn spawn_reader(&mut self, stream: &TcpStream, tls: Tls) -> std::io::Result<()> {
         self.generation += 1;
         let generation = self.generation;
         let mut reader = stream.try_clone()?;
         let tx = self.input_tx.clone();
         std::thread::Builder::new()
             .name("ringbeat-client-read".into())
-            .spawn(move || read_loop(&mut reader, generation, &tx))?;
+            .spawn(move || read_loop(&mut reader, tls, generation, &tx))?;
         Ok(())
     }
 
     fn transmit(&mut self, bytes: &[u8]) {
         let Some(conn) = &mut self.conn else { return };
-        if let Err(e) = conn.stream.write_all(bytes) {
+        if let Err(e) = write_to(&mut conn.stream, &conn.tls, bytes) {
             let now_ms = self.now_ms();
             self.machine
                 .transport_lost(now_ms, DisconnectReason::Io(e.kind()));
@@ -288,12 +323,53 @@ fn open(server: &str, timeout: Duration) -> std::io::Result<TcpStream> {
     Err(last)
 }
 
-fn read_loop(stream: &mut TcpStream, generation: u64, tx: &Sender<Input>) {
+#[cfg(feature = "tls")]
+fn start_tls(connector: &Connector, stream: &mut TcpStream) -> std::io::Result<Tls> {
+    connector.as_ref().map(|c| c.start(stream)).transpose()
+}
+
+#[cfg(not(feature = "tls"))]
+fn start_tls(_connector: &Connector, _stream: &mut TcpStream) -> std::io::Result<Tls> {
+    Ok(None)
+}
+
+#[cfg(feature = "tls")]
+fn write_to(stream: &mut TcpStream, tls: &Tls, bytes: &[u8]) -> std::io::Result<()> {
+    match tls {
+        Some(session) => session.write_plain(bytes, stream),
+        None => stream.write_all(bytes),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn write_to(stream: &mut TcpStream, _tls: &Tls, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes)
+}
+
+/// Plaintext from what one `read` returned.
+#[cfg(feature = "tls")]
+fn decrypt(stream: &mut TcpStream, tls: &Tls, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    match tls {
+        Some(session) => session.on_ciphertext(bytes, stream),
+        None => Ok(bytes.to_vec()),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn decrypt(_stream: &mut TcpStream, _tls: &Tls, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    Ok(bytes.to_vec())
+}
+
+fn read_loop(stream: &mut TcpStream, tls: Tls, generation: u64, tx: &Sender<Input>) {
     let mut buf = [0u8; READ_CHUNK];
     loop {
         let input = match stream.read(&mut buf) {
             Ok(0) => Input::End(generation, DisconnectReason::Eof),
-            Ok(n) => Input::Bytes(generation, buf[..n].to_vec()),
+            Ok(n) => match decrypt(stream, &tls, &buf[..n]) {
+                Ok(plain) if plain.is_empty() => continue,
+                Ok(plain) => Input::Bytes(generation, plain),
+                Err(e) => Input::End(generation, DisconnectReason::Io(e.kind())),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => Input::End(generation, DisconnectReason::Io(e.kind())),
         };

@@ -10,8 +10,14 @@
 //!                   ▲  │ failed              │ timeout/close/EOF   │ PONG miss,
 //!                   │  ▼                     ▼                     │ CLOSE, EOF
 //!                   └─ Waiting (backoff) ◀──────────────────────────┘
-//!  any ─close / TAKEN_OVER / max attempts─▶ Stopped
+//!  any ─close / TAKEN_OVER / UNAUTHORIZED / max attempts─▶ Stopped
 //! ```
+//!
+//! Server verdicts: CLOSE(UNAUTHORIZED) stops the client (the same token
+//! would be refused again: no reconnect loop). CLOSE(LIMITED) counts as a
+//! failed attempt, so the backoff grows, and doubles the interval the next
+//! HELLO asks for (as gRPC clients do after `too_many_pings`), up to
+//! [`LIMITED_INTERVAL_MAX_MS`].
 //!
 //! The dead-server rule: every PING gets a deadline `pong_timeout` after it
 //! is sent; its PONG (or a later one: the server answers in order) cancels
@@ -23,15 +29,17 @@
 use std::collections::VecDeque;
 
 use super::backoff::{Backoff, Jitter};
-use super::{ClientConfig, ClientError, ClientEvent, DisconnectReason, StopReason};
+use super::{ClientConfig, ClientError, ClientEvent, DisconnectReason, StopReason, TokenSource};
 use crate::protocol::{
-    close_frame, data_frame, hello_frame, ping_frame, pong_frame, CloseReason, Decoder, Kind,
-    OwnedFrame, ProtocolError,
+    close_frame, data_frame, hello_frame_with_token, ping_frame, pong_frame, CloseReason, Decoder,
+    Kind, OwnedFrame, ProtocolError, TOKEN_MAX,
 };
 
 /// Most PINGs awaiting a PONG at once; `pong_timeout` is clamped to this
 /// many intervals so the queue below has a static bound.
 pub const PINGS_OUTSTANDING_MAX: u64 = 64;
+/// Longest interval CLOSE(LIMITED) doublings ask for.
+pub const LIMITED_INTERVAL_MAX_MS: u32 = 3_600_000;
 
 /// What the driver must do next, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +110,9 @@ pub struct Machine {
     max_payload: u32,
     backoff: Backoff,
     reconnect_on_takeover: bool,
+    token: Option<TokenSource>,
+    /// The interval of the last WELCOME, the base for a LIMITED doubling.
+    granted_interval_ms: u32,
     jitter: Jitter,
     state: State,
     /// Consecutive attempts that did not reach WELCOME.
@@ -131,6 +142,8 @@ impl Machine {
             max_payload: config.max_payload,
             backoff: config.backoff,
             reconnect_on_takeover: config.reconnect_on_takeover,
+            token: config.token.clone(),
+            granted_interval_ms: 0,
             jitter: Jitter::new(seed),
             state: State::Idle,
             failures: 0,
@@ -158,6 +171,11 @@ impl Machine {
             State::Live(live) => Some(live.session),
             _ => None,
         }
+    }
+
+    /// The interval the next HELLO asks for (0 = the server's default).
+    pub fn requested_interval_ms(&self) -> u32 {
+        self.requested_interval_ms
     }
 
     /// Round trip of the last answered PING.
@@ -217,8 +235,19 @@ impl Machine {
         self.state = State::Handshaking {
             deadline_ms: now_ms.saturating_add(self.connect_timeout_ms),
         };
-        let hello = hello_frame(self.client_id, self.requested_interval_ms);
-        self.out.push_back(Output::Transmit(hello.to_vec()));
+        let token = self
+            .token
+            .as_ref()
+            .map(TokenSource::current)
+            .unwrap_or_default();
+        match hello_frame_with_token(self.client_id, self.requested_interval_ms, token.as_bytes()) {
+            Ok(hello) => self.out.push_back(Output::Transmit(hello)),
+            Err(_) => {
+                debug_assert!(token.len() > TOKEN_MAX);
+                self.out.push_back(Output::Disconnect);
+                self.stop(StopReason::TokenTooLong { len: token.len() });
+            }
+        }
     }
 
     /// The attempt asked for by `Output::Connect` failed.
@@ -378,6 +407,7 @@ impl Machine {
             .pong_timeout_ms
             .unwrap_or(interval)
             .min(interval * PINGS_OUTSTANDING_MAX);
+        self.granted_interval_ms = interval_ms;
         self.state = State::Live(Live {
             session,
             interval_ms: interval,
@@ -424,15 +454,23 @@ impl Machine {
         if self.has_connection() {
             self.out.push_back(Output::Disconnect);
         }
-        let taken_over = reason.close_reason() == Some(CloseReason::TakenOver);
+        let verdict = reason.close_reason();
+        let limited = verdict == Some(CloseReason::Limited);
         if matches!(self.state, State::Live(_)) {
             self.event(ClientEvent::Disconnected { reason });
         } else {
             self.failures = self.failures.saturating_add(1);
             self.event(ClientEvent::ConnectFailed { reason });
         }
-        if taken_over && !self.reconnect_on_takeover {
-            return self.stop(StopReason::TakenOver);
+        match verdict {
+            Some(CloseReason::TakenOver) if !self.reconnect_on_takeover => {
+                return self.stop(StopReason::TakenOver)
+            }
+            Some(CloseReason::Unauthorized) => return self.stop(StopReason::Unauthorized),
+            _ => {}
+        }
+        if limited {
+            self.on_limited();
         }
         if self.backoff.exhausted(self.failures) {
             let attempts = self.failures;
@@ -446,6 +484,22 @@ impl Machine {
             attempt: self.failures + 1,
             delay_ms,
         });
+    }
+
+    /// CLOSE(LIMITED): ask for twice the interval next time, and make sure
+    /// the backoff counts this as a failure even after a live session.
+    fn on_limited(&mut self) {
+        if self.failures == 0 {
+            self.failures = 1;
+        }
+        let base = match self.requested_interval_ms {
+            0 => self.granted_interval_ms,
+            r => r.max(self.granted_interval_ms),
+        };
+        if base == 0 {
+            return; // never welcomed and no request: nothing to double yet
+        }
+        self.requested_interval_ms = base.saturating_mul(2).clamp(1, LIMITED_INTERVAL_MAX_MS);
     }
 
     fn stop(&mut self, reason: StopReason) {

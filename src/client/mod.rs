@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -26,6 +27,8 @@ pub mod asynchronous;
 pub mod backoff;
 pub mod blocking;
 pub mod machine;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 #[cfg(feature = "async-client")]
 pub use asynchronous::AsyncClient;
@@ -35,6 +38,36 @@ pub use machine::{Machine, Output};
 
 /// Default TCP connect plus HELLO → WELCOME deadline.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where HELLO's token comes from (PROTOCOL.md, Authentication). Its
+/// `Debug` never shows the token.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// The same token on every connect.
+    Fixed(String),
+    /// Called once per (re)connect, so a long-lived client can hand out a
+    /// fresh token before the old one expires.
+    Provider(Arc<dyn Fn() -> String + Send + Sync>),
+}
+
+impl TokenSource {
+    /// The token for the connect starting now.
+    pub fn current(&self) -> String {
+        match self {
+            TokenSource::Fixed(t) => t.clone(),
+            TokenSource::Provider(f) => f(),
+        }
+    }
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Fixed(_) => f.write_str("Fixed(<redacted>)"),
+            TokenSource::Provider(_) => f.write_str("Provider(<fn>)"),
+        }
+    }
+}
 
 /// How a client connects and keeps its session.
 #[derive(Clone, Debug)]
@@ -61,6 +94,11 @@ pub struct ClientConfig {
     pub reconnect_on_takeover: bool,
     /// Seed of the backoff jitter; `None` draws one per client.
     pub seed: Option<u64>,
+    /// HELLO's token, for servers that require authentication.
+    pub token: Option<TokenSource>,
+    /// TLS to the server (feature `tls`); `None` is plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<tls::TlsConfig>,
 }
 
 impl ClientConfig {
@@ -75,7 +113,29 @@ impl ClientConfig {
             backoff: Backoff::default(),
             reconnect_on_takeover: false,
             seed: None,
+            token: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Sends `token` in every HELLO.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(TokenSource::Fixed(token.into()));
+        self
+    }
+
+    /// Calls `provider` for each (re)connect and sends what it returns.
+    pub fn token_provider(mut self, provider: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        self.token = Some(TokenSource::Provider(Arc::new(provider)));
+        self
+    }
+
+    /// Connects over TLS (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn client_id(mut self, client_id: u64) -> Self {
@@ -187,6 +247,12 @@ pub enum StopReason {
     TakenOver,
     /// `max_attempts` consecutive attempts failed.
     GaveUp { attempts: u32 },
+    /// The server answered CLOSE(UNAUTHORIZED): it will not accept this
+    /// token for this `client_id`, so retrying would only hammer it. Fix the
+    /// token (or its provider) and start a new client.
+    Unauthorized,
+    /// The token source gave more than [`crate::protocol::TOKEN_MAX`] bytes.
+    TokenTooLong { len: usize },
 }
 
 /// Errors from the client API.
@@ -235,6 +301,9 @@ fn observe(event: &ClientEvent, live: &AtomicBool, server: &str) {
         ClientEvent::Reconnecting { attempt, delay_ms } => {
             tracing::info!(attempt, delay_ms, "reconnecting");
         }
+        ClientEvent::Stopped {
+            reason: reason @ (StopReason::Unauthorized | StopReason::TokenTooLong { .. }),
+        } => tracing::error!(?reason, "stopped: the server will not accept this token"),
         ClientEvent::Stopped { reason } => tracing::info!(?reason, "stopped"),
         ClientEvent::Data(_) => {}
     }

@@ -100,6 +100,11 @@ pub struct Clients {
     flags: Vec<u8>,
     /// When the client last sent a complete frame (detection starts here).
     pub last_sent_ns: Vec<u64>,
+    /// When the last send completed: its bytes had left for the kernel
+    /// (the time eviction attribution judges by; 0 = none yet).
+    pub last_left_ns: Vec<u64>,
+    /// When the next PING is scheduled (0 = not scheduled by the wheel).
+    due_ns: Vec<u64>,
     pub fault_at_ns: Vec<u64>,
     partial: Vec<[u8; KEEP]>,
     partial_len: Vec<u8>,
@@ -118,6 +123,8 @@ impl Clients {
             scenario: scenarios,
             flags: vec![0; n],
             last_sent_ns: vec![0; n],
+            last_left_ns: vec![0; n],
+            due_ns: vec![0; n],
             fault_at_ns: vec![u64::MAX; n],
             partial: vec![[0; KEEP]; n],
             partial_len: vec![0; n],
@@ -140,6 +147,7 @@ impl Clients {
         let i = c as usize;
         self.state[i] = ClientState::Live;
         self.last_sent_ns[i] = now_ns;
+        self.last_left_ns[i] = now_ns;
         if self.scenario[i] != Scenario::Healthy {
             self.fault_at_ns[i] = (now_ns + timing.fault_after_ns).max(timing.fault_not_before_ns);
         }
@@ -198,10 +206,34 @@ impl Clients {
         if dribbling {
             return self.dribble(i, now_ns, unit, timing, tally);
         }
+        if self.due_ns[i] != 0 {
+            tally.send_lag(now_ns.saturating_sub(self.due_ns[i]));
+        }
         self.ping_started(i, now_ns, tally);
+        let next_ns = next_ping_ns(now_ns, unit, timing);
+        self.due_ns[i] = next_ns;
         Due::Send {
             bytes: self.ping_bytes(now_ns),
-            next_ns: Some(next_ping_ns(now_ns, unit, timing)),
+            next_ns: Some(next_ns),
+        }
+    }
+
+    /// Client `c`'s first PING is scheduled at `at_ns` (its lag counts from there).
+    pub fn set_due(&mut self, c: u32, at_ns: u64) {
+        self.due_ns[c as usize] = at_ns;
+    }
+
+    /// A send for client `c` completed at `now_ns`: what it carried has
+    /// left the load generator.
+    pub fn on_send_done(&mut self, c: u32, now_ns: u64) {
+        self.last_left_ns[c as usize] = now_ns;
+    }
+
+    /// A client meant to stay alive was evicted, seen at `now_ns`.
+    fn healthy_evicted(&self, i: usize, now_ns: u64, timing: &Timing, tally: &mut Tally) {
+        match attribute(self.last_left_ns[i], now_ns, timing.server_timeout_ns) {
+            Fault::Server => tally.false_evictions += 1,
+            Fault::LateClient => tally.late_client_evictions += 1,
         }
     }
 
@@ -422,7 +454,7 @@ impl Clients {
             let silent_ns = now_ns.saturating_sub(self.last_sent_ns[i]);
             tally.detection(silent_ns, timing);
         } else {
-            tally.false_evictions += 1;
+            self.healthy_evicted(i, now_ns, timing, tally);
         }
     }
 
@@ -445,7 +477,7 @@ impl Clients {
                 // the handshake's ACK was dropped by a full accept queue).
                 match self.wire {
                     Wire::Mqtt if self.flags[i] & flag::SESSION != 0 => {
-                        tally.false_evictions += 1;
+                        self.healthy_evicted(i, now_ns, timing, tally);
                     }
                     Wire::Mqtt => tally.count_close_name("mqtt_before_connack"),
                     Wire::Ringbeat => {}
@@ -453,6 +485,30 @@ impl Clients {
             }
         }
         self.state[i] = ClientState::Done;
+    }
+}
+
+/// Whose fault an eviction of a client meant to be healthy was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The client's last frame had left less than `timeout` before the
+    /// eviction was seen: the server evicted a client that kept its promise.
+    Server,
+    /// The client's last frame left `timeout` or more before: the load
+    /// generator fell behind its own schedule.
+    LateClient,
+}
+
+/// Attributes an eviction seen at `evicted_ns` (the CLOSE(TIMEOUT) arrival,
+/// or the server's recorded eviction time) of a client whose last send
+/// completed at `last_left_ns`. The arrival is at or after the server's
+/// eviction, so `Server` is certain; `LateClient` may hide a server that
+/// also evicted late.
+pub fn attribute(last_left_ns: u64, evicted_ns: u64, timeout_ns: u64) -> Fault {
+    if evicted_ns.saturating_sub(last_left_ns) < timeout_ns {
+        Fault::Server
+    } else {
+        Fault::LateClient
     }
 }
 
@@ -551,6 +607,48 @@ mod tests {
     }
 
     #[test]
+    fn an_eviction_is_the_servers_fault_only_if_the_last_ping_left_within_timeout() {
+        let timeout_ns = 3_000_000_000;
+        assert_eq!(
+            attribute(1_000, 1_000 + timeout_ns - 1, timeout_ns),
+            Fault::Server
+        );
+        assert_eq!(
+            attribute(1_000, 1_000 + timeout_ns, timeout_ns),
+            Fault::LateClient
+        );
+        // A CLOSE seen before the send completed: the server's fault.
+        assert_eq!(attribute(5_000, 1_000, timeout_ns), Fault::Server);
+    }
+
+    #[test]
+    fn a_healthy_client_that_sent_late_is_a_late_client_eviction() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![Scenario::Healthy, Scenario::Healthy]);
+        let mut out = Vec::new();
+        let close = protocol::close_frame(CloseReason::Timeout, "");
+        // Client 0's PING left at 1 s, client 1's at 0 s; both CLOSEs at 3.5 s.
+        c.on_send_done(0, 1_000_000_000);
+        c.on_bytes(0, &close, 3_500_000_000, &t, &mut tally, &mut out);
+        c.on_bytes(1, &close, 3_500_000_000, &t, &mut tally, &mut out);
+        assert_eq!((tally.false_evictions, tally.late_client_evictions), (1, 1));
+    }
+
+    #[test]
+    fn pings_sent_after_their_schedule_record_the_lag() {
+        let (t, mut tally) = (timing(), Tally::default());
+        let mut c = live(vec![Scenario::Healthy]);
+        c.set_due(0, 1_000_000_000);
+        let Due::Send { next_ns, .. } = c.on_due(0, 1_250_000_000, 0.5, &t, &mut tally) else {
+            panic!("a healthy client pings");
+        };
+        c.on_due(0, next_ns.unwrap(), 0.5, &t, &mut tally);
+        assert_eq!(tally.send_lag_us.len(), 2);
+        assert!(tally.send_lag_us.value_at_quantile(1.0) >= 249_000);
+        assert!(tally.send_lag_us.min() <= 1);
+    }
+
+    #[test]
     fn server_pings_are_answered_and_long_frames_skipped() {
         let (t, mut tally) = (timing(), Tally::default());
         let mut c = live(vec![Scenario::Healthy]);
@@ -642,6 +740,7 @@ mod tests {
         let mut out = Vec::new();
         c.on_bytes(1, &[0x20, 0x02, 0x00, 0x00], 1, &t, &mut tally, &mut out);
         c.on_due(0, 3_000_000_000, 0.5, &t, &mut tally);
+        c.on_send_done(1, 4_000_000_000);
         c.on_eof(0, false, 6_050_000_000, &t, &mut tally);
         c.on_eof(1, false, 6_050_000_000, &t, &mut tally);
         assert_eq!((tally.silent_evicted, tally.false_evictions), (1, 1));

@@ -1,5 +1,5 @@
 //! What a run measured: per-worker tallies merged at the end, live progress
-//! counters, and the result JSON (schema 1; keys are a contract with the
+//! counters, and the result JSON (schema 2; keys are a contract with the
 //! bench and capacity scripts).
 
 use std::collections::BTreeMap;
@@ -43,7 +43,13 @@ pub struct Tally {
     pub detection_early: u64,
     pub silent_total: u64,
     pub silent_evicted: u64,
+    /// Healthy clients evicted by the server's fault (see
+    /// [`super::clients::attribute`]).
     pub false_evictions: u64,
+    /// Healthy clients evicted because the load generator sent late.
+    pub late_client_evictions: u64,
+    /// How late PINGs were queued against their schedule, microseconds.
+    pub send_lag_us: Histogram<u64>,
     pub unexpected_disconnects: u64,
     pub server_protocol_errors: u64,
     /// Receives that ended for lack of buffers (re-armed later).
@@ -70,6 +76,8 @@ impl Default for Tally {
             silent_total: 0,
             silent_evicted: 0,
             false_evictions: 0,
+            late_client_evictions: 0,
+            send_lag_us: histogram(),
             unexpected_disconnects: 0,
             server_protocol_errors: 0,
             recv_no_buffers: 0,
@@ -121,6 +129,8 @@ impl Tally {
         self.silent_total += other.silent_total;
         self.silent_evicted += other.silent_evicted;
         self.false_evictions += other.false_evictions;
+        self.late_client_evictions += other.late_client_evictions;
+        let _ = self.send_lag_us.add(&other.send_lag_us);
         self.unexpected_disconnects += other.unexpected_disconnects;
         self.server_protocol_errors += other.server_protocol_errors;
         self.recv_no_buffers += other.recv_no_buffers;
@@ -137,6 +147,21 @@ impl Tally {
             &mut self.rtt_ramp_us
         };
         let _ = h.record(rtt_us.max(1));
+    }
+
+    /// A PING went out `lag_ns` after its scheduled time.
+    pub fn send_lag(&mut self, lag_ns: u64) {
+        let _ = self.send_lag_us.record((lag_ns / 1_000).max(1));
+    }
+
+    pub fn send_lag_json(&self) -> Value {
+        let h = &self.send_lag_us;
+        json!({
+            "count": h.len(),
+            "p50": h.value_at_quantile(0.5),
+            "p99": h.value_at_quantile(0.99),
+            "max": h.max(),
+        })
     }
 
     pub fn rtt_json(&self, ramp: bool) -> Value {

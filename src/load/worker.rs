@@ -261,7 +261,7 @@ impl Worker {
         match ud.op {
             Op::Connect => self.on_connect(ud.slot, cqe.result),
             Op::Recv => self.on_recv(ud.slot, cqe),
-            Op::Send => self.on_send(ud.slot, cqe.result),
+            Op::Send => self.on_send(ud.slot, cqe.result, self.now_ns()),
             Op::Tick => {
                 self.tick_armed = false;
                 self.wait.on_tick();
@@ -315,6 +315,7 @@ impl Worker {
         // Spread first PINGs over one interval.
         let first = now_ns + (self.unit() * timing.interval_ns as f64) as u64;
         self.wheel.schedule(c, first);
+        self.clients.set_due(c, first);
         Ok(())
     }
 
@@ -363,8 +364,11 @@ impl Worker {
         Ok(())
     }
 
-    fn on_send(&mut self, c: u32, result: i32) -> std::io::Result<()> {
+    fn on_send(&mut self, c: u32, result: i32, now_ns: u64) -> std::io::Result<()> {
         self.send_inflight[c as usize] = false;
+        if result > 0 {
+            self.clients.on_send_done(c, now_ns);
+        }
         let head = &mut self.clients.send_head[c as usize];
         if result >= 0 {
             if self.ring.sends.complete_send(head, result as usize) {

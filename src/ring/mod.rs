@@ -192,7 +192,8 @@ impl Ring {
         loop {
             // Entries built here point only at memory `self` owns (send
             // arena and msghdrs, receive arena, accept and connect addresses,
-            // timespec, wake counter) or at nothing.
+            // timespec, wake counter), at `'static` memory (CLOSE frames),
+            // or at nothing.
             // SAFETY: that memory lives until the ring is dropped, and the
             // ring (field order, and Drop's leak when ops are in flight)
             // goes first.
@@ -304,6 +305,22 @@ impl Ring {
         self.push(fixed(entry, fd).user_data(ud.encode()))
     }
 
+    /// Sends `bytes`, which live for the whole program (a connection's
+    /// CLOSE frame: it must not depend on the send arena having room).
+    pub fn send_static(
+        &mut self,
+        fd: Fd,
+        slot: u32,
+        generation: u32,
+        bytes: &'static [u8],
+    ) -> io::Result<()> {
+        let entry = opcode::Send::new(raw(fd), bytes.as_ptr(), bytes.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        let ud = UserData::new(Op::CloseFrame, slot, generation);
+        self.push(fixed(entry, fd).user_data(ud.encode()))
+    }
+
     /// Sets the addresses [`Ring::connect`] may target. Only while no
     /// CONNECT is in flight (the kernel reads them until completion).
     pub fn set_connect_targets(&mut self, targets: &[SocketAddr]) {
@@ -392,6 +409,16 @@ impl Ring {
         }
         let args = types::SubmitArgs::new().min_wait_usec(min_wait_us);
         let waited = self.uring.submitter().submit_with_args(want, &args);
+        self.reap(waited)
+    }
+
+    /// Submits, runs pending task work (deferred completions of data that
+    /// already reached the kernel) and copies out what is ready, without
+    /// sleeping: a zero timeout makes the enter carry GETEVENTS.
+    pub fn reap_ready(&mut self) -> io::Result<&[Completion]> {
+        let zero = types::Timespec::new();
+        let args = types::SubmitArgs::new().timespec(&zero);
+        let waited = self.uring.submitter().submit_with_args(1, &args);
         self.reap(waited)
     }
 

@@ -2,6 +2,8 @@
 //! port 0 and a blocking test peer that speaks PROTOCOL.md.
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

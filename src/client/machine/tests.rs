@@ -83,7 +83,8 @@ fn handshake_sends_hello_and_adopts_welcome() {
         frames(&out),
         [OwnedFrame::Hello {
             client_id: 42,
-            interval_ms: INTERVAL_MS
+            interval_ms: INTERVAL_MS,
+            token: Vec::new(),
         }]
     );
     assert_eq!(m.poll_timeout(), Some(5_010), "WELCOME deadline");
@@ -243,6 +244,137 @@ fn server_shutdown_reconnects_and_takeover_stops() {
     cfg.reconnect_on_takeover = true;
     let mut m = live(&cfg);
     m.received(5, &close_frame(CloseReason::TakenOver, "newer"));
+    assert_eq!(m.phase(), Phase::Waiting);
+}
+
+fn hello_token(out: &[Output]) -> Vec<u8> {
+    match &frames(out)[..] {
+        [OwnedFrame::Hello { token, .. }] => token.clone(),
+        other => panic!("expected one HELLO, got {other:?}"),
+    }
+}
+
+#[test]
+fn hello_carries_the_token_and_the_provider_is_called_per_connect() {
+    let mut m = Machine::new(&config().token("tok.en.one"));
+    m.start(0);
+    drain(&mut m);
+    m.connected(0);
+    assert_eq!(hello_token(&drain(&mut m)), b"tok.en.one");
+
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = calls.clone();
+    let cfg = config().token_provider(move || {
+        let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        format!("fresh-{n}")
+    });
+    let mut m = Machine::new(&cfg);
+    m.start(0);
+    drain(&mut m);
+    m.connected(0);
+    assert_eq!(hello_token(&drain(&mut m)), b"fresh-0");
+    m.transport_lost(1, DisconnectReason::Eof);
+    drain(&mut m);
+    m.handle_timeout(10_000);
+    assert_eq!(drain(&mut m), [Output::Connect]);
+    m.connected(10_000);
+    assert_eq!(hello_token(&drain(&mut m)), b"fresh-1");
+    assert!(
+        !format!("{cfg:?}").contains("fresh"),
+        "Debug never shows a token"
+    );
+}
+
+#[test]
+fn a_token_over_512_bytes_stops_instead_of_sending() {
+    let mut m = Machine::new(&config().token("x".repeat(513)));
+    m.start(0);
+    drain(&mut m);
+    m.connected(0);
+    let out = drain(&mut m);
+    assert!(frames(&out).is_empty(), "nothing sent");
+    assert_eq!(
+        events(&out),
+        [ClientEvent::Stopped {
+            reason: StopReason::TokenTooLong { len: 513 }
+        }]
+    );
+}
+
+#[test]
+fn unauthorized_stops_without_a_reconnect_loop() {
+    // Refused at HELLO (before WELCOME) and after a session alike.
+    let mut m = Machine::new(&config().token("bad"));
+    m.start(0);
+    drain(&mut m);
+    m.connected(0);
+    drain(&mut m);
+    m.received(5, &close_frame(CloseReason::Unauthorized, "no"));
+    let out = drain(&mut m);
+    assert!(out.contains(&Output::Disconnect));
+    assert_eq!(
+        events(&out),
+        [
+            ClientEvent::ConnectFailed {
+                reason: DisconnectReason::ServerClosed { reason: 7 }
+            },
+            ClientEvent::Stopped {
+                reason: StopReason::Unauthorized
+            }
+        ]
+    );
+    assert_eq!((m.phase(), m.poll_timeout()), (Phase::Stopped, None));
+    m.handle_timeout(1_000_000);
+    assert!(drain(&mut m).is_empty(), "never tries again");
+
+    let mut m = live(&config());
+    m.received(5, &close_frame(CloseReason::Unauthorized, "no"));
+    drain(&mut m);
+    assert_eq!(m.phase(), Phase::Stopped);
+}
+
+#[test]
+fn limited_backs_off_and_doubles_the_requested_interval() {
+    let mut m = live(&config());
+    assert_eq!(m.requested_interval_ms(), INTERVAL_MS);
+    m.received(5, &close_frame(CloseReason::Limited, "slow down"));
+    let ev = events(&drain(&mut m));
+    assert!(
+        matches!(ev[1], ClientEvent::Reconnecting { attempt: 2, .. }),
+        "counted as a failure, so the backoff grows: {ev:?}"
+    );
+    assert_eq!(m.requested_interval_ms(), 2 * INTERVAL_MS);
+    // Refused again before WELCOME: doubles again, backoff grows again.
+    m.handle_timeout(10_000);
+    drain(&mut m);
+    m.connected(10_000);
+    let hello = frames(&drain(&mut m));
+    assert!(matches!(
+        hello[..],
+        [OwnedFrame::Hello { interval_ms, .. }] if interval_ms == 2 * INTERVAL_MS
+    ));
+    m.received(10_001, &close_frame(CloseReason::Limited, "slow down"));
+    let ev = events(&drain(&mut m));
+    assert!(
+        matches!(ev[1], ClientEvent::Reconnecting { attempt: 3, .. }),
+        "{ev:?}"
+    );
+    assert_eq!(m.requested_interval_ms(), 4 * INTERVAL_MS);
+    assert_eq!(m.phase(), Phase::Waiting);
+}
+
+#[test]
+fn limited_before_any_welcome_keeps_asking_for_the_server_default() {
+    let mut cfg = config();
+    cfg.interval = None;
+    let mut m = Machine::new(&cfg);
+    m.start(0);
+    drain(&mut m);
+    m.connected(0);
+    drain(&mut m);
+    m.received(1, &close_frame(CloseReason::Limited, ""));
+    drain(&mut m);
+    assert_eq!(m.requested_interval_ms(), 0, "not 1 ms");
     assert_eq!(m.phase(), Phase::Waiting);
 }
 

@@ -1,12 +1,12 @@
 //! Backpressure for peers that send faster than they read. When a
-//! connection's reply queue passes [`HIGH_WATER_CHUNKS`], the shard stops
+//! connection's reply queue passes [`HIGH_WATER_CHUNKS`], the engine stops
 //! handling its input: bytes that arrive are copied aside (the receive buffer
 //! goes straight back to the kernel, so other connections never starve) and
-//! the receive is cancelled. Once the queue drains below [`LOW_WATER_CHUNKS`]
-//! the held bytes are handled in order and the receive is re-armed. A peer
-//! that stays paused for a whole interval, or that makes the shard hold more
-//! than [`HELD_BYTES_MAX`], does not read its replies and is closed as
-//! overloaded.
+//! a multishot receive is cancelled. Once the queue drains below
+//! [`LOW_WATER_CHUNKS`] the held bytes are handled in order and the receive
+//! is re-armed. A peer that stays paused for a whole interval, or that makes
+//! the shard hold more than [`HELD_BYTES_MAX`], does not read its replies
+//! and is closed as overloaded.
 //!
 //! Paused connections are rare (a well-behaved client never has more than a
 //! few PINGs outstanding), so they live in a small map keyed by slot rather
@@ -14,12 +14,10 @@
 
 use std::collections::HashMap;
 
-use super::Shard;
+use super::{CloseCause, Command, Engine};
 use crate::buf_ring::BUF_LEN;
-use crate::conn_table::{flag, State};
-use crate::engine::CloseCause;
-use crate::send_pool::QUEUE_CHUNKS_MAX;
-use crate::user_data::{Op, UserData};
+use crate::conn_table::flag;
+use crate::send_pool::{SendPool, QUEUE_CHUNKS_MAX};
 
 /// Queue length (chunks) at which input stops being handled. Handling one
 /// [`BUF_LEN`] slice of input yields at most a few chunks of replies, so it
@@ -34,8 +32,7 @@ const _: () = assert!(LOW_WATER_CHUNKS < HIGH_WATER_CHUNKS);
 
 /// One paused connection's input.
 #[derive(Debug)]
-pub(super) struct Held {
-    generation: u32,
+struct Held {
     since_tick: u32,
     bytes: Vec<u8>,
     /// Bytes of `bytes` already handled.
@@ -55,81 +52,73 @@ impl Paused {
     }
 }
 
-impl Shard {
-    fn queued_chunks(&self, slot: u32) -> u16 {
-        let head = self.spec.engine.table.send_head[slot as usize];
-        self.ring.sends.queued_chunks(head)
+impl Engine {
+    fn queued_chunks(&self, slot: u32, sends: &SendPool) -> u16 {
+        sends.queued_chunks(self.table.send_head[slot as usize])
     }
 
     /// Whether input for `slot` must be held instead of handled.
-    pub(super) fn should_hold(&self, slot: u32) -> bool {
-        self.paused.contains(slot) || self.queued_chunks(slot) >= HIGH_WATER_CHUNKS
+    pub(super) fn should_hold(&self, slot: u32, sends: &SendPool) -> bool {
+        self.paused.contains(slot) || self.queued_chunks(slot, sends) >= HIGH_WATER_CHUNKS
     }
 
     /// Copies `data` aside for `slot`, pausing it if it was not paused.
     /// Closes it as overloaded when the shard would hold too much.
-    pub(super) fn hold(&mut self, slot: u32, generation: u32, data: &[u8]) -> std::io::Result<()> {
-        let now_tick = self.spec.engine.now_tick();
-        let newly_paused = !self.paused.contains(slot);
+    pub(super) fn hold(&mut self, slot: u32, data: &[u8], sends: &mut SendPool) {
         if self.paused.held_bytes + data.len() > HELD_BYTES_MAX {
-            self.release(slot);
-            self.with_engine(|e, io| e.close(slot, CloseCause::SlowConsumer, io));
-            return Ok(());
+            return self.close(slot, CloseCause::SlowConsumer, sends);
         }
+        let newly_paused = !self.paused.contains(slot);
         if newly_paused {
-            self.spec.engine.stats.recv_paused.inc();
+            self.stats.recv_paused.inc();
         }
+        let now_tick = self.now_tick;
         let held = self.paused.by_slot.entry(slot).or_insert_with(|| Held {
-            generation,
             since_tick: now_tick,
             bytes: Vec::new(),
             consumed: 0,
         });
         held.bytes.extend_from_slice(data);
         self.paused.held_bytes += data.len();
-        let armed = self.spec.engine.table.has(slot, flag::RECV_ARMED);
-        if newly_paused && armed && self.spec.plan.fast {
-            self.ring
-                .cancel(UserData::new(Op::Recv, slot, generation))?;
+        let armed = self.table.has(slot, flag::RECV_ARMED);
+        if newly_paused && armed && self.cfg.multishot_recv {
+            let generation = self.table.generation[slot as usize];
+            self.push(Command::CancelRecv { slot, generation });
         }
-        Ok(())
     }
 
     /// After a send completed: handles held input once the queue drained,
     /// and re-arms the receive when nothing is held any more.
-    pub(super) fn maybe_resume(&mut self, slot: u32) -> std::io::Result<()> {
-        if !self.paused.contains(slot) || self.queued_chunks(slot) >= LOW_WATER_CHUNKS {
-            return Ok(());
+    pub(super) fn maybe_resume(&mut self, slot: u32, sends: &mut SendPool) {
+        if !self.paused.contains(slot) || self.queued_chunks(slot, sends) >= LOW_WATER_CHUNKS {
+            return;
         }
         let mut held = self.paused.by_slot.remove(&slot).expect("checked above");
         while held.consumed < held.bytes.len()
-            && self.spec.engine.table.state(slot) == State::Open
-            && self.queued_chunks(slot) < HIGH_WATER_CHUNKS
+            && self.is_open(slot)
+            && self.queued_chunks(slot, sends) < HIGH_WATER_CHUNKS
         {
             let end = held.bytes.len().min(held.consumed + BUF_LEN);
-            let (engine, mut io) = self.split_engine();
-            engine.on_recv(slot, &held.bytes[held.consumed..end], &mut io);
+            self.parse_input(slot, &held.bytes[held.consumed..end], sends);
             self.paused.held_bytes -= end - held.consumed;
             held.consumed = end;
         }
-        let table = &self.spec.engine.table;
-        let open = table.state(slot) == State::Open && table.is_current(slot, held.generation);
-        if !open {
+        if !self.is_open(slot) {
             self.paused.held_bytes -= held.bytes.len() - held.consumed;
-            return Ok(());
+            return;
         }
-        if held.consumed < held.bytes.len() || self.queued_chunks(slot) >= HIGH_WATER_CHUNKS {
+        if held.consumed < held.bytes.len() || self.queued_chunks(slot, sends) >= HIGH_WATER_CHUNKS
+        {
             self.paused.by_slot.insert(slot, held);
-            return Ok(());
+            return;
         }
-        if !table.has(slot, flag::RECV_ARMED) {
-            self.arm_recv(slot, held.generation)?;
+        if !self.table.has(slot, flag::RECV_ARMED) {
+            self.arm_recv(slot);
         }
-        Ok(())
     }
 
     /// Forgets `slot`'s pause and what it held.
-    pub(super) fn release(&mut self, slot: u32) {
+    pub(super) fn unpause(&mut self, slot: u32) {
         if let Some(held) = self.paused.by_slot.remove(&slot) {
             self.paused.held_bytes -= held.bytes.len() - held.consumed;
         }
@@ -137,13 +126,13 @@ impl Shard {
 
     /// Once a tick: a connection paused for a whole interval is not reading
     /// its replies; close it as overloaded.
-    pub(super) fn expire_paused(&mut self) {
+    pub(super) fn expire_paused(&mut self, sends: &mut SendPool) {
         if self.paused.by_slot.is_empty() {
             return;
         }
-        let timing = self.spec.engine.config().timing;
+        let timing = self.cfg.timing;
         let limit_ticks = timing.ticks(timing.interval_ms).max(1);
-        let now_tick = self.spec.engine.now_tick();
+        let now_tick = self.now_tick;
         let stuck: Vec<u32> = self
             .paused
             .by_slot
@@ -152,10 +141,8 @@ impl Shard {
             .map(|(&slot, _)| slot)
             .collect();
         for slot in stuck {
-            self.release(slot);
-            if self.spec.engine.table.state(slot) == State::Open {
-                self.with_engine(|e, io| e.close(slot, CloseCause::SlowConsumer, io));
-            }
+            self.close(slot, CloseCause::SlowConsumer, sends);
+            self.unpause(slot);
         }
     }
 }

@@ -1,0 +1,142 @@
+"""Marginal CPU per heartbeat at several client counts (scale-cost.sh).
+
+sample: every PERIOD s, one JSON line of the server's and the load
+        generator's user/system CPU seconds and the server's frames received
+        (its Prometheus counter), until the load generator exits (bounded).
+report: per client count, fits cpu = a*seconds + b*heartbeats over the
+        sample intervals inside the steady window (all clients connected,
+        half of them falling silent half-way, none evicted yet), for server
+        and load generator, user and system apart; b is the marginal cost of
+        a heartbeat, a the fixed cost per second at that count (ticks,
+        sweeps over every slot). Ratios are against the smallest count.
+"""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu(pid):
+    """(user_s, sys_s) of a process, or None once it is gone."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def frames(url):
+    """Sum of ringbeat_frames_received_total over its labels."""
+    total = 0.0
+    with urllib.request.urlopen(url, timeout=2) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("ringbeat_frames_received_total"):
+                total += float(line.split()[-1])
+    return total
+
+
+def sample(server_pid, load_pid, url, out, period_s, max_s):
+    start = time.monotonic()
+    with open(out, "w") as f:
+        while time.monotonic() - start < max_s:
+            s, l = cpu(server_pid), cpu(load_pid)
+            if s is None or l is None:
+                return
+            try:
+                n = frames(url)
+            except OSError:
+                n = None
+            row = {"t": time.monotonic() - start, "server": s, "load": l, "frames": n}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            time.sleep(period_s)
+
+
+def fit(rows):
+    """Least squares y = a*dt + b*dh (no intercept) over (dt, dh, y) rows.
+    Returns (a, b), or None if dt and dh are collinear (no rate change)."""
+    stt = sum(dt * dt for dt, _, _ in rows)
+    shh = sum(dh * dh for _, dh, _ in rows)
+    sth = sum(dt * dh for dt, dh, _ in rows)
+    sty = sum(dt * y for dt, _, y in rows)
+    shy = sum(dh * y for _, dh, y in rows)
+    det = stt * shh - sth * sth
+    if det <= 1e-9 * stt * shh:
+        return None
+    return (sty * shh - shy * sth) / det, (shy * stt - sty * sth) / det
+
+
+def intervals(samples, from_s, to_s):
+    """Consecutive sample pairs inside [from_s, to_s] with frame counts."""
+    inside = [s for s in samples if from_s <= s["t"] <= to_s and s["frames"] is not None]
+    return list(zip(inside, inside[1:]))
+
+
+def point(samples, from_s, to_s):
+    pairs = intervals(samples, from_s, to_s)
+    out = {"intervals": len(pairs)}
+    for who in ("server", "load"):
+        for k, name in ((0, "user"), (1, "sys")):
+            rows = [(b["t"] - a["t"], b["frames"] - a["frames"], b[who][k] - a[who][k]) for a, b in pairs]
+            f = fit(rows) if len(rows) >= 3 else None
+            out[f"{who}_{name}"] = None if f is None else {
+                "fixed_cpu_ms_per_s": f[0] * 1e3, "us_per_heartbeat": f[1] * 1e6}
+    hb = [b["frames"] - a["frames"] for a, b in pairs]
+    dt = sum(b["t"] - a["t"] for a, b in pairs)
+    out["heartbeats_per_s_mean"] = sum(hb) / dt if dt else 0
+    out["heartbeats_per_s_range"] = [min(hb, default=0), max(hb, default=0)]
+    return out
+
+
+def report(prefix, counts, shards):
+    points = {}
+    for n in counts:
+        samples = [json.loads(x) for x in open(f"{prefix}-{n}-samples.jsonl")]
+        window = json.load(open(f"{prefix}-{n}-window.json"))
+        points[n] = point(samples, window["from_s"], window["to_s"])
+    base = points[counts[0]]
+    for n in counts:
+        p = points[n]
+        p["ratio_to_first"] = {}
+        for k in ("server_user", "server_sys", "load_user", "load_sys"):
+            if p[k] and base[k] and base[k]["us_per_heartbeat"] > 0:
+                p["ratio_to_first"][k] = p[k]["us_per_heartbeat"] / base[k]["us_per_heartbeat"]
+    doc = {"tool": "scale-cost.sh", "schema": 1, "shards": shards, "interval_s": 30,
+           "counts": counts, "points": {str(n): points[n] for n in counts}}
+    json.dump(doc, open(prefix + ".json", "w"), indent=2)
+    print("| clients | server user µs/hb | server sys µs/hb | server fixed ms/s (u+s) | "
+          "load user µs/hb | load sys µs/hb | server (u+s) / first |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n in counts:
+        p = points[n]
+
+        def us(k):
+            return f"{p[k]['us_per_heartbeat']:.2f}" if p[k] else "n/a"
+        fixed = sum(p[k]["fixed_cpu_ms_per_s"] for k in ("server_user", "server_sys") if p[k])
+        both = [p[k]["us_per_heartbeat"] for k in ("server_user", "server_sys") if p[k]]
+        first = [base[k]["us_per_heartbeat"] for k in ("server_user", "server_sys") if base[k]]
+        ratio = f"{sum(both) / sum(first):.2f}" if both and first and sum(first) else "n/a"
+        print(f"| {n:,} | {us('server_user')} | {us('server_sys')} | {fixed:.1f} | "
+              f"{us('load_user')} | {us('load_sys')} | {ratio} |")
+    print(f"wrote {prefix}.json")
+
+
+def main(argv):
+    if argv[:1] == ["sample"]:
+        server, load, url, out, period, max_s = argv[1:7]
+        sample(int(server), int(load), url, out, float(period), float(max_s))
+    elif argv[:1] == ["report"]:
+        prefix, shards, counts = argv[1], int(argv[2]), [int(x) for x in argv[3:]]
+        report(prefix, counts, shards)
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

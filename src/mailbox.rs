@@ -1,0 +1,114 @@
+//! The cross-shard mailbox: the messages shards send each other, split by
+//! who may receive them, and [`Peers`], every shard's inbox with the eventfd
+//! that wakes its ring. A message a shard cannot receive is a type error.
+//!
+//! Takeover: the home shard records the new holder ([`ToHome::Claim`]) and
+//! asks the old holder's shard to close it ([`ToHolder::Evict`]); that
+//! shard acknowledges once it is closed ([`ToHome::Evicted`]), and only when
+//! every holder it replaced has acknowledged does the home shard grant the
+//! newest ([`ToHolder::Granted`]). A grant so never races a close still in
+//! flight, whatever order the shards' messages arrive in.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use crossbeam_channel::Sender;
+
+use crate::events::OfflineReason;
+
+/// One connection, named across shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub shard: u16,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// An `offline` event held for the offline grace (see `engine::grace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldOffline {
+    pub session: u64,
+    pub reason: OfflineReason,
+    pub peer: Option<SocketAddr>,
+    /// When it went offline (the event keeps this time).
+    pub ts_ms: u64,
+}
+
+/// To a `client_id`'s home shard, which keeps its registry entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToHome {
+    /// `holder` said HELLO with `client_id`.
+    Claim { client_id: u64, holder: Holder },
+    /// `holder` is gone; with an offline grace, its `offline` event to hold.
+    Release {
+        client_id: u64,
+        holder: Holder,
+        offline: Option<HeldOffline>,
+    },
+    /// A holder the home shard asked to evict is closed (or already was).
+    Evicted { client_id: u64 },
+}
+
+/// To the shard of a connection that holds (or asked for) a `client_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToHolder {
+    /// Close `old` as TAKEN_OVER, then acknowledge to the home shard.
+    Evict { client_id: u64, old: Holder },
+    /// `holder` now holds `client_id`; `resumed_from` is the session whose
+    /// `offline` was held for the grace (then `resumed` replaces `online`).
+    Granted {
+        client_id: u64,
+        holder: Holder,
+        resumed_from: Option<u64>,
+    },
+    /// `holder`'s claim was over the takeover rate limit: close it with
+    /// CLOSE(LIMITED); the id stays with its holder.
+    Refused { client_id: u64, holder: Holder },
+}
+
+/// Everything a shard's inbox carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardMsg {
+    Home(ToHome),
+    Holder(ToHolder),
+    /// Stop accepting, close everything, exit.
+    Shutdown,
+}
+
+/// Every shard's inbox and wake eventfd.
+#[derive(Debug)]
+pub struct Peers {
+    senders: Vec<Sender<ShardMsg>>,
+    wakers: Vec<std::fs::File>,
+}
+
+impl Peers {
+    pub fn new(senders: Vec<Sender<ShardMsg>>, wakers: Vec<std::fs::File>) -> Peers {
+        assert_eq!(senders.len(), wakers.len());
+        Peers { senders, wakers }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Delivers `msg` to shard `to` and wakes its ring.
+    pub fn send(&self, to: u16, msg: ShardMsg) {
+        if self.senders[usize::from(to)].send(msg).is_ok() {
+            let _ = (&self.wakers[usize::from(to)]).write(&1u64.to_ne_bytes());
+        }
+    }
+
+    /// The raw eventfd shard `shard` reads to wake up.
+    pub fn wake_fd(&self, shard: u16) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.wakers[usize::from(shard)].as_raw_fd()
+    }
+
+    /// Tells every shard to shut down.
+    pub fn shutdown_all(&self) {
+        for to in 0..self.senders.len() {
+            self.send(to as u16, ShardMsg::Shutdown);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The shard's per-pass work after completions: deliver inbox messages to
+//! the engine, carry out the engine's commands as SQEs (routing messages to
+//! other shards), and move shutdown along.
+
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use super::{Phase, Shard, EXIT_WAIT, SHUTDOWN_GRACE};
+use crate::engine::Command;
+use crate::mailbox::ShardMsg;
+use crate::ring::ACCEPTS_PER_LISTENER;
+use crate::user_data::{Op, UserData};
+
+impl Shard {
+    /// Hands every message waiting in the inbox to the engine.
+    pub(super) fn drain_inbox(&mut self) -> std::io::Result<()> {
+        while let Ok(msg) = self.spec.inbox.try_recv() {
+            self.deliver(msg)?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, msg: ShardMsg) -> std::io::Result<()> {
+        let engine = &mut self.spec.engine;
+        match msg {
+            ShardMsg::Home(m) => engine.on_home(m),
+            ShardMsg::Holder(m) => engine.on_holder(m, &mut self.ring.sends),
+            ShardMsg::Shutdown => self.begin_shutdown()?,
+        }
+        Ok(())
+    }
+
+    /// Carries out the engine's commands until it has none left (messages
+    /// to this shard are delivered at once and may ask for more).
+    pub(super) fn carry_out(&mut self) -> std::io::Result<()> {
+        loop {
+            let mut commands = std::mem::take(&mut self.commands);
+            self.spec
+                .engine
+                .take_commands(&mut commands, &mut self.ring.sends);
+            if commands.is_empty() {
+                self.commands = commands;
+                return Ok(());
+            }
+            for command in commands.drain(..) {
+                self.carry_out_one(command)?;
+            }
+            self.commands = commands;
+        }
+    }
+
+    fn carry_out_one(&mut self, command: Command) -> std::io::Result<()> {
+        let fast = self.spec.plan.fast;
+        match command {
+            Command::ArmRecv { slot, generation } => {
+                let fd = self.fd(slot);
+                self.ring.recv(fd, slot, generation, fast)
+            }
+            Command::Send {
+                slot,
+                generation,
+                head,
+            } => {
+                let fd = self.fd(slot);
+                self.ring.send(fd, slot, generation, head)
+            }
+            Command::SendClose {
+                slot,
+                generation,
+                bytes,
+            } => {
+                let fd = self.fd(slot);
+                self.ring.send_static(fd, slot, generation, bytes)
+            }
+            Command::CancelRecv { slot, generation } => {
+                self.ring.cancel(UserData::new(Op::Recv, slot, generation))
+            }
+            Command::CancelSend {
+                slot,
+                generation,
+                close_frame,
+            } => {
+                let op = if close_frame {
+                    Op::CloseFrame
+                } else {
+                    Op::Send
+                };
+                self.ring.cancel(UserData::new(op, slot, generation))
+            }
+            Command::CloseFd { slot, generation } => {
+                let fd = self.fd(slot);
+                self.ring.close(fd, slot, generation)
+            }
+            Command::Message { to, msg } if to == self.spec.id => self.deliver(msg),
+            Command::Message { to, msg } => {
+                self.spec.peers.send(to, msg);
+                Ok(())
+            }
+            Command::Event(event) => {
+                if let Some(tx) = &self.spec.events {
+                    tx.send(event);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) -> std::io::Result<()> {
+        if self.phase != Phase::Running {
+            return Ok(());
+        }
+        tracing::debug!(
+            shard = self.spec.id,
+            open = self.spec.engine.table().open_count(),
+            "shutting down"
+        );
+        self.phase = Phase::Draining {
+            since: Instant::now(),
+        };
+        self.accept_paused.clear();
+        for index in 0..self.spec.listeners.len() as u32 {
+            if self.spec.plan.multishot_accept {
+                self.ring.cancel(UserData::new(Op::AcceptMulti, index, 0))?;
+            } else {
+                for addr in 0..ACCEPTS_PER_LISTENER {
+                    self.ring
+                        .cancel(UserData::new(Op::Accept, (index << 8) | addr, 0))?;
+                }
+            }
+        }
+        self.spec.engine.shutdown(&mut self.ring.sends);
+        Ok(())
+    }
+
+    /// Whether the shard is done; moves shutdown along.
+    pub(super) fn check_exit(&mut self) -> std::io::Result<bool> {
+        match self.phase {
+            Phase::Running => Ok(false),
+            Phase::Draining { since } => {
+                let open = self.spec.engine.table().open_count();
+                if open == 0 {
+                    self.phase = Phase::Exiting {
+                        since: Instant::now(),
+                    };
+                    self.ring.cancel(UserData::new(Op::Wake, 0, 0))?;
+                } else if since.elapsed() > SHUTDOWN_GRACE {
+                    // The engine's linger ends every close well before this;
+                    // reaching it means a completion never came.
+                    tracing::warn!(shard = self.spec.id, open, "shutdown grace over; exiting");
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Phase::Exiting { since } => {
+                let inflight = self.ring.inflight;
+                if inflight == 0 || since.elapsed() > EXIT_WAIT {
+                    return Ok(true);
+                }
+                if inflight == 1 && !self.tick_cancelled {
+                    self.tick_cancelled = true;
+                    self.ring.cancel(UserData::new(Op::Tick, 0, 0))?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// The listener fds (for logs).
+    pub fn listener_fds(&self) -> Vec<i32> {
+        self.spec.listeners.iter().map(|l| l.as_raw_fd()).collect()
+    }
+}

@@ -1,0 +1,206 @@
+//! Nothing silently dropped, measured from the client's side against the
+//! `ringbeat` binary in both io modes: every connection the server ends for
+//! its own reasons gets the CLOSE frame with that reason, in bursts of
+//! thousands, and clients past the real capacity are told OVERLOADED
+//! instead of hanging.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::child::{child_metric, sigterm, spawn_server, spawn_server_limited, wait_exit};
+use common::{Got, Peer};
+use ringbeat::protocol::{CloseReason, OwnedFrame};
+
+const MODES: [&str; 2] = ["fast", "compat"];
+
+/// Connects `n` clients, each answered once (PING → PONG).
+fn connect_answered(addr: SocketAddr, n: usize) -> Vec<Peer> {
+    (0..n)
+        .map(|i| {
+            let mut p = Peer::connect(addr);
+            p.ping(i as u64);
+            p.expect_pong(i as u64);
+            p
+        })
+        .collect()
+}
+
+/// How a client's connection ended: the CLOSE reason, or `None` for a bare
+/// end of stream.
+fn ending(peer: &mut Peer) -> Option<u16> {
+    match peer.next() {
+        Got::Frame(OwnedFrame::Close { reason, .. }) => {
+            peer.expect_end();
+            Some(reason)
+        }
+        Got::Frame(f) => panic!("expected CLOSE, got {f:?}"),
+        Got::Eof | Got::Reset => None,
+    }
+}
+
+fn count(endings: &[Option<u16>], reason: CloseReason) -> usize {
+    endings
+        .iter()
+        .filter(|e| **e == Some(reason.code()))
+        .count()
+}
+
+#[test]
+fn sigterm_delivers_close_shutdown_to_ten_thousand_clients() {
+    for mode in MODES {
+        let mut server = spawn_server(&["--io-mode", mode]);
+        let mut peers = connect_answered(server.listen, 10_000);
+        assert_eq!(sigterm(server.child.id()), 0);
+        let sent = Instant::now();
+        let endings: Vec<_> = peers.iter_mut().map(ending).collect();
+        let (code, _) = wait_exit(&mut server.child);
+        let took = sent.elapsed();
+        assert_eq!(count(&endings, CloseReason::Shutdown), 10_000, "{mode}");
+        assert_eq!(code, Some(0), "{mode}");
+        assert!(took < Duration::from_secs(5), "{mode}: exit took {took:?}");
+        eprintln!("{mode}: 10,000 CLOSE(SHUTDOWN), exit 0 after {took:?}");
+    }
+}
+
+#[test]
+fn five_thousand_silent_clients_each_get_close_timeout_on_time() {
+    for mode in MODES {
+        let flags = ["--io-mode", mode, "--interval", "1s", "--timeout", "2s"];
+        let server = spawn_server(&flags);
+        let mut peers = connect_answered(server.listen, 5_000);
+        let last_frame = Instant::now(); // every client's last PING was before this
+        let endings: Vec<_> = peers.iter_mut().map(ending).collect();
+        let all_read = last_frame.elapsed();
+        assert_eq!(count(&endings, CloseReason::Timeout), 5_000, "{mode}");
+        // timeout 2 s + tick 0.1 s, with slack for a loaded 2-core box.
+        assert!(all_read < Duration::from_secs(5), "{mode}: {all_read:?}");
+        let evicted = child_metric(server.metrics, "ringbeat_evicted_total");
+        assert_eq!(evicted, 5_000, "{mode}");
+        let unsent = r#"ringbeat_close_frames_unsent_total{reason="timeout"}"#;
+        assert_eq!(child_metric(server.metrics, unsent), 0, "{mode}");
+    }
+}
+
+#[test]
+fn clients_past_max_connections_get_overloaded() {
+    for mode in MODES {
+        let server = spawn_server(&["--io-mode", mode, "--max-connections", "200"]);
+        let endings = answer_or_refusal(server.listen, 300);
+        assert_eq!(endings.served, 200, "{mode}");
+        assert_eq!(endings.overloaded, 100, "{mode}");
+        assert_eq!(child_metric(server.metrics, "ringbeat_capacity"), 200);
+    }
+}
+
+#[test]
+fn clients_past_what_the_descriptors_hold_get_overloaded() {
+    // nofile 400: each ring (fast) or the process (compat) holds far fewer
+    // than --max-connections; the effective capacity says so and every
+    // client past it is refused with a frame.
+    for mode in MODES {
+        let server = spawn_server_limited(&["--io-mode", mode], Some(400));
+        let capacity = child_metric(server.metrics, "ringbeat_capacity") as usize;
+        assert!(
+            capacity > 0 && capacity < 800,
+            "{mode}: capacity {capacity}"
+        );
+        let n = capacity + 150;
+        let endings = answer_or_refusal(server.listen, n);
+        assert!(endings.served <= capacity, "{mode}: {endings:?}");
+        assert_eq!(
+            endings.served + endings.overloaded,
+            n,
+            "{mode}: {endings:?}"
+        );
+        assert!(endings.overloaded >= 150, "{mode}: {endings:?}");
+        eprintln!("{mode}: capacity {capacity}: {endings:?}");
+    }
+}
+
+struct Answers {
+    served: usize,
+    overloaded: usize,
+    /// Kept open so the served ones stay counted.
+    _held: Vec<Peer>,
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "served {} overloaded {}", self.served, self.overloaded)
+    }
+}
+
+/// Connects `n` clients one after the other; each gets a PONG (served and
+/// kept open) or CLOSE(OVERLOADED). Anything else fails the test.
+fn answer_or_refusal(addr: SocketAddr, n: usize) -> Answers {
+    let mut a = Answers {
+        served: 0,
+        overloaded: 0,
+        _held: Vec::new(),
+    };
+    for i in 0..n {
+        let mut p = Peer::connect(addr);
+        p.ping(i as u64);
+        match p.next() {
+            Got::Frame(OwnedFrame::Pong(_)) => {
+                a.served += 1;
+                a._held.push(p);
+            }
+            Got::Frame(OwnedFrame::Close { reason, .. }) => {
+                assert_eq!(reason, CloseReason::Overloaded.code(), "client {i}");
+                a.overloaded += 1;
+            }
+            other => panic!("client {i}: {other:?}, neither served nor refused"),
+        }
+    }
+    a
+}
+
+/// Sends a signal with the `kill` command.
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn a_stalled_server_is_late_never_wrong() {
+    // The server is stopped for twice the timeout while every client keeps
+    // sending PINGs into its kernel buffers. When it runs again its ticks
+    // are late: it must read those PINGs, not evict their senders.
+    for mode in MODES {
+        let flags = ["--io-mode", mode, "--interval", "1s", "--timeout", "2s"];
+        let server = spawn_server(&flags);
+        let mut peers = connect_answered(server.listen, 200);
+        let pid = server.child.id();
+        let started = Instant::now();
+        let mut stopped = false;
+        let mut resumed = false;
+        let mut i = 1_000u64;
+        while started.elapsed() < Duration::from_secs(9) {
+            for p in &mut peers {
+                p.ping(i);
+            }
+            i += 1;
+            if !stopped && started.elapsed() > Duration::from_secs(1) {
+                signal(pid, "-STOP");
+                stopped = true;
+            }
+            if stopped && !resumed && started.elapsed() > Duration::from_secs(5) {
+                signal(pid, "-CONT");
+                resumed = true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let evicted = child_metric(server.metrics, "ringbeat_evicted_total");
+        let deferred = child_metric(server.metrics, "ringbeat_sweeps_deferred_total");
+        assert_eq!(evicted, 0, "{mode}: clients that kept sending were evicted");
+        assert!(deferred >= 1, "{mode}: the late sweep was not counted");
+        eprintln!("{mode}: stalled 4 s, 0 evicted, {deferred} sweeps deferred");
+    }
+}
