@@ -87,6 +87,9 @@ pub struct Shard {
     tick_due_ns: u64,
     /// The tick timer fired in this pass: sweep once the pass is done.
     tick_fired: bool,
+    /// The wake eventfd fired: the inbox has messages. (Polling the
+    /// channel every pass cost 0.6% of a busy shard in the profile.)
+    inbox_woken: bool,
     /// The tick this shard last merged its histograms into the shared ones.
     merged_tick: u32,
     batch: Vec<Completion>,
@@ -122,6 +125,7 @@ impl Shard {
             tick_cancelled: false,
             tick_due_ns: 0,
             tick_fired: false,
+            inbox_woken: false,
             merged_tick: 0,
             batch: Vec::new(),
             phase: Phase::Running,
@@ -155,13 +159,18 @@ impl Shard {
             self.buffers_returned = 0;
             self.set_clock();
             self.handle_batch()?;
-            if std::mem::take(&mut self.tick_fired) {
+            let ticked = std::mem::take(&mut self.tick_fired);
+            if ticked {
                 self.before_sweep()?;
                 self.on_tick()?;
             }
             let returned = self.buffers_returned > 0;
             self.spec.engine.after_pass(returned);
-            self.drain_inbox()?;
+            // Every message is followed by a write to the wake eventfd; the
+            // tick is a safety net.
+            if std::mem::take(&mut self.inbox_woken) || ticked {
+                self.drain_inbox()?;
+            }
             self.carry_out()?;
             if self.check_exit()? {
                 return Ok(());
@@ -411,6 +420,7 @@ impl Shard {
     }
 
     fn on_wake(&mut self, cqe: Completion) -> std::io::Result<()> {
+        self.inbox_woken = true;
         if cqe.result < 0 && cqe.result != -libc::ECANCELED {
             tracing::warn!(errno = -cqe.result, "wake read failed");
         }
