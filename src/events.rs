@@ -240,7 +240,7 @@ struct Flags {
 pub struct ReopenHandle(Arc<Flags>);
 
 impl ReopenHandle {
-    /// The writer reopens before its next write, within [`IDLE_POLL_MS`] when idle.
+    /// The writer reopens before its next write, within 100 ms when idle.
     pub fn reopen(&self) {
         self.0.reopen.store(true, Ordering::Relaxed);
     }
@@ -276,6 +276,7 @@ impl FileSink {
                 let path = path.to_owned();
                 return Err(SinkError::Open { path, source });
             }
+            writer.open_failed(&source);
             tracing::warn!(path = %path.display(), "events FIFO has no reader yet");
         }
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
@@ -353,6 +354,8 @@ struct Writer {
     drops: Arc<EventDrops>,
     log: LossLog,
     retry_open_at: Instant,
+    /// Why the path is not open, for the loss report.
+    open_error: String,
     /// The last pipe write timed out: do not wait again until one succeeds.
     blocked: bool,
 }
@@ -391,6 +394,7 @@ impl Writer {
             drops,
             log: LossLog::default(),
             retry_open_at: Instant::now(),
+            open_error: String::new(),
             blocked: false,
         }
     }
@@ -432,6 +436,9 @@ impl Writer {
             }
             batch.clear();
         }
+        // Stopped by shutdown: what arrived since it counted the queue.
+        let late = rx.try_iter().count() as u64;
+        self.drops.shutdown.fetch_add(late, Ordering::Relaxed);
     }
 
     fn reopen(&mut self) {
@@ -443,6 +450,7 @@ impl Writer {
 
     fn open_failed(&mut self, e: &std::io::Error) {
         self.retry_open_at = Instant::now() + Duration::from_millis(REOPEN_RETRY_MS);
+        self.open_error = format!("cannot open: {e}");
         tracing::debug!(path = %self.path.display(), error = %e, "cannot open events file");
     }
 
@@ -454,7 +462,7 @@ impl Writer {
             }
         }
         let result = match self.file.as_mut() {
-            None => Err((0, std::io::Error::from_raw_os_error(libc::ENXIO))),
+            None => Err((0, std::io::Error::other(self.open_error.clone()))),
             Some(f) if self.regular => write_regular(f, batch),
             Some(f) => {
                 let wait_ms = if self.blocked {
@@ -462,7 +470,7 @@ impl Writer {
                 } else {
                     BLOCKED_WRITE_WAIT_MS
                 };
-                write_pipe(f, batch, wait_ms, &self.flags.stop)
+                write_pipe(f, batch, wait_ms, &self.flags)
             }
         };
         let (written, err) = match result {
@@ -476,6 +484,7 @@ impl Writer {
         self.blocked = err.kind() == ErrorKind::WouldBlock;
         if err.raw_os_error() == Some(libc::EPIPE) {
             self.file = None; // the reader left; reopen once one is back
+            self.open_error = "the FIFO reader left".to_owned();
         }
         if let Some(n) = self.log.lost(lost, Instant::now()) {
             tracing::warn!(
@@ -536,7 +545,7 @@ fn write_pipe(
     file: &mut File,
     batch: &Batch,
     wait_ms: u64,
-    stop: &AtomicBool,
+    flags: &Flags,
 ) -> Result<(), (usize, std::io::Error)> {
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let ends = &batch.line_ends;
@@ -548,7 +557,12 @@ fn write_pipe(
             last += 1;
         }
         let chunk = &batch.bytes[start..ends[last]];
-        write_chunk(file, chunk, deadline, stop).map_err(|e| (line, e))?;
+        write_chunk(file, chunk, deadline, &flags.stop).map_err(|e| (line, e))?;
+        // Written: no longer shutdown's to count if it gives up meanwhile.
+        let whole = (last + 1 - line) as u64;
+        let _ = (flags.in_flight).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            n.checked_sub(whole)
+        });
         line = last + 1;
     }
     Ok(())
@@ -607,5 +621,45 @@ mod tests {
         }
         assert_eq!(tx.dropped(), 3);
         drop(rx);
+    }
+
+    #[test]
+    fn loss_log_reports_once_per_interval_with_the_count_since_the_last_report() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut log = LossLog::default();
+        assert_eq!(log.lost(3, ms(0)), Some(3), "the first loss is reported");
+        for i in 1..1_000 {
+            assert_eq!(log.lost(2, ms(i)), None, "one report per interval");
+        }
+        assert_eq!(log.lost(1, ms(LOSS_LOG_INTERVAL_MS - 1)), None);
+        assert_eq!(log.lost(1, ms(LOSS_LOG_INTERVAL_MS)), Some(2 * 999 + 2));
+        assert_eq!(
+            log.lost(0, ms(3 * LOSS_LOG_INTERVAL_MS)),
+            None,
+            "nothing to say"
+        );
+    }
+
+    #[test]
+    fn batch_counts_only_whole_lines() {
+        let mut b = Batch::default();
+        b.push(&Event::new(EventKind::Online, 1, 1, None));
+        b.push(&Event::new(EventKind::Online, 2, 2, None));
+        let first = b.line_ends[0];
+        assert_eq!(b.whole_lines(0), 0);
+        assert_eq!(b.whole_lines(first - 1), 0);
+        assert_eq!(b.whole_lines(first), 1);
+        assert_eq!(b.whole_lines(b.bytes.len() - 1), 1);
+        assert_eq!(b.whole_lines(b.bytes.len()), 2);
+    }
+
+    #[test]
+    fn senders_count_losses_by_cause() {
+        let (tx, rx) = channel();
+        drop(rx);
+        tx.send(Event::new(EventKind::Online, 1, 1, None));
+        assert_eq!(tx.drops().shutdown.load(Ordering::Relaxed), 1);
+        assert_eq!(tx.dropped(), 1);
     }
 }

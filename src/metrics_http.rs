@@ -59,6 +59,9 @@ struct Endpoint {
     refused: AtomicU64,
     /// Connections cut at [`Limits::request_deadline_ms`].
     timed_out: AtomicU64,
+    /// Connections hyper ended with an error: a bad or oversized request
+    /// head, a head not in within [`HEADER_READ_TIMEOUT_MS`], a client gone.
+    failed: AtomicU64,
 }
 
 /// Binds `addr` and serves the metrics page from a background thread.
@@ -83,6 +86,7 @@ pub fn spawn_with(
         stats,
         refused: AtomicU64::new(0),
         timed_out: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
     });
     std::thread::Builder::new()
         .name("ringbeat-metrics".into())
@@ -137,7 +141,10 @@ async fn connection(
         .serve_connection(TokioIo::new(stream), service);
     match tokio::time::timeout(deadline, conn).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
+        Ok(Err(e)) => {
+            endpoint.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "metrics request failed");
+        }
         Err(_) => {
             endpoint.timed_out.fetch_add(1, Ordering::Relaxed);
         }
@@ -178,6 +185,11 @@ fn render(endpoint: &Endpoint) -> String {
             "ringbeat_metrics_requests_timed_out",
             "Metrics connections cut at the request deadline",
             &endpoint.timed_out,
+        ),
+        (
+            "ringbeat_metrics_requests_failed",
+            "Metrics connections ended by a bad, oversized or slow request head, or the client leaving",
+            &endpoint.failed,
         ),
     ];
     for (name, help, n) in own {

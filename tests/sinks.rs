@@ -37,7 +37,10 @@ fn send_events(tx: &EventSender, sessions: std::ops::Range<u64>) {
 
 /// Every line of `path`, each checked to be a whole JSON event; their sessions.
 fn sessions_in(path: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    sessions_in_text(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+fn sessions_in_text(text: &str) -> Vec<u64> {
     assert!(text.is_empty() || text.ends_with('\n'), "cut last line");
     text.lines()
         .map(|line| {
@@ -58,6 +61,16 @@ fn wait_until(mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     done()
+}
+
+/// Runs `f` on its own thread; `None` if it has not returned within `limit`
+/// (the thread is left behind: the test fails instead of hanging).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
 }
 
 fn lost(drops: &EventDrops) -> u64 {
@@ -192,10 +205,8 @@ fn fifo_without_reader_neither_blocks_the_server_nor_hides_losses() {
     let stats = server.stats().clone();
     let series = r#"ringbeat_events_dropped_total{cause="write_error"}"#;
     assert_eq!(common::wait_metric(&stats, series, 2), 2);
-    let stopping = Instant::now();
-    common::stop(server);
-    let took = stopping.elapsed();
-    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let stopped = within(Duration::from_secs(5), move || common::stop(server));
+    assert!(stopped.is_some(), "shutdown blocked on the FIFO");
 }
 
 #[test]
@@ -213,10 +224,12 @@ fn fifo_reader_that_stops_reading_gets_whole_lines_and_shutdown_is_bounded() {
     // Far more than a 64 KiB pipe holds, and nobody reads.
     send_events(&tx, 0..5_000);
     drop(tx);
-    let started = Instant::now();
-    sink.finish(Duration::from_millis(events::SHUTDOWN_WAIT_MS));
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(5), "finish took {took:?}");
+    let wait = Duration::from_millis(events::SHUTDOWN_WAIT_MS);
+    let finished = within(Duration::from_secs(5), move || sink.finish(wait));
+    assert!(
+        finished.is_some(),
+        "shutdown waited on the pipe past the bound"
+    );
     let mut text = String::new();
     let _ = reader.read_to_string(&mut text); // WouldBlock once drained
     assert!(text.ends_with('\n'), "the pipe holds whole lines only");
@@ -229,6 +242,44 @@ fn fifo_reader_that_stops_reading_gets_whole_lines_and_shutdown_is_bounded() {
         written + lost(&drops),
         5_000,
         "every event written or counted"
+    );
+}
+
+#[test]
+fn finish_gives_up_after_its_bound_and_counts_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.fifo");
+    mkfifo(&fifo);
+    let mut reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let (tx, sink) = sink(&fifo);
+    send_events(&tx, 0..5_000);
+    // A sender still alive and a pipe nobody reads: the writer is stuck on
+    // its first batch (it waits up to 1 s) and can never see the end of the
+    // queue; finish must return at its bound anyway and count the rest.
+    let finished = within(Duration::from_secs(5), move || {
+        sink.finish(Duration::from_millis(300))
+    });
+    assert_eq!(finished, Some(false), "finish returns at its bound");
+    let drops = tx.drops().clone();
+    // Counted by finish itself, while the writer is still stuck: everything
+    // behind the first batch (at most 1,024 events) at least.
+    assert!(
+        drops.shutdown.load(Ordering::Relaxed) >= 5_000 - 1_024,
+        "{drops:?}"
+    );
+    send_events(&tx, 5_000..5_010); // the writer is gone: counted too
+    std::thread::sleep(Duration::from_millis(2 * events::BLOCKED_WRITE_WAIT_MS));
+    let mut text = String::new();
+    let _ = reader.read_to_string(&mut text);
+    let written = sessions_in_text(&text).len() as u64;
+    assert_eq!(
+        written + lost(&drops),
+        5_010,
+        "{drops:?}, {written} written"
     );
 }
 
@@ -369,4 +420,27 @@ fn connections_past_the_cap_are_refused_and_counted_and_slow_ones_cut() {
     );
     let (other, _) = scrape(addr, "/nope");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+}
+
+#[test]
+fn an_oversized_request_head_is_refused_without_growing_the_buffer() {
+    let addr = endpoint(Limits::default());
+    let mut big = TcpStream::connect(addr).unwrap();
+    big.set_read_timeout(Some(SLACK)).unwrap();
+    let _ = write!(big, "GET /metrics HTTP/1.1\r\nX-Pad: ");
+    let pad = vec![b'a'; 4 * metrics_http::REQUEST_BUF_MAX_BYTES];
+    // Complete, so a server without the bound would answer it.
+    let _ = big
+        .write_all(&pad)
+        .and_then(|()| big.write_all(b"\r\n\r\n"));
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer); // an error status, EOF or reset
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("ringbeat_connections"), "{answer}");
+    let (honest, _) = scrape(addr, "/metrics");
+    assert!(honest.starts_with("HTTP/1.1 200"), "{honest}");
+    assert!(
+        honest.contains("ringbeat_metrics_requests_failed_total 1"),
+        "{honest}"
+    );
 }
