@@ -11,6 +11,7 @@ pub mod auth;
 #[allow(unsafe_code)]
 pub mod buf_ring;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conn_table;
 pub mod engine;

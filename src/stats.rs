@@ -148,6 +148,12 @@ impl Stats {
         s
     }
 
+    /// The registry, for modules that add their own metrics at start-up
+    /// (the cluster's `ringbeat_cluster_*`).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     fn register(&mut self) {
         let r = &mut self.registry;
         r.register(
