@@ -12,6 +12,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::auth::{AuthMode, KeySpec};
+use crate::cluster::{ClusterConfig, OutageMode};
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD};
 
 /// Default listen address.
@@ -203,6 +204,20 @@ pub struct ServeArgs {
     /// TOML file with the same keys as the flags (flags win)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    // --- cluster mode (docs/CLUSTER.md) ---
+    /// Join a cluster through NATS JetStream at URL (nats://HOST:PORT)
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's id in the cluster [default: hostname:port of the first listener]
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Node lease: a node silent this long is lost and its clients go offline [default: 10s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub cluster_lease: Option<Duration>,
+    /// HELLOs with an id while NATS is unreachable: refuse, or accept locally
+    /// and reconcile later [default: refuse]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub cluster_outage: Option<OutageMode>,
 }
 
 /// The TOML file. Keys are the flag names with `_` for `-`.
@@ -247,6 +262,12 @@ pub struct FileConfig {
     pub auth_key: Option<Vec<String>>,
     pub auth: Option<AuthMode>,
     pub proxy_protocol: Option<bool>,
+    // --- cluster mode ---
+    pub cluster: Option<String>,
+    pub node_id: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub cluster_lease: Option<Duration>,
+    pub cluster_outage: Option<OutageMode>,
 }
 
 /// Bad flags or configuration. The binary prints it on one line and exits 2.
@@ -307,6 +328,8 @@ pub struct Config {
     pub recv_buffers: u32,
     /// Send chunks per shard (each [`crate::send_pool::CHUNK_LEN`] bytes).
     pub send_chunks: u32,
+    /// Cluster mode, when `--cluster` is given.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -327,6 +350,11 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let first_listen = (args.listen.first())
+            .or(file.listen.as_ref().and_then(|l| l.first()))
+            .copied()
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let cluster = resolve_cluster(&args, &file, first_listen)?;
         let keepalive = match (args.tcp_keepalive, file.tcp_keepalive) {
             (Some(k), _) => Some(k),
             (None, Some(s)) => Some(
@@ -402,6 +430,7 @@ impl Config {
             auth_keys,
             auth,
             proxy_protocol: args.proxy_protocol || file.proxy_protocol.unwrap_or(false),
+            cluster,
         };
         config.validate()?;
         Ok(config)
@@ -509,6 +538,59 @@ impl Config {
     pub fn timeout_ratio(&self) -> f64 {
         self.timeout.as_secs_f64() / self.interval.as_secs_f64()
     }
+}
+
+// --- cluster mode ---
+
+/// Shortest `--cluster-lease`: refreshes every lease/3 must stay well above
+/// a NATS round trip.
+pub const CLUSTER_LEASE_MIN: Duration = Duration::from_millis(300);
+
+/// The cluster settings, or `None` without `--cluster`.
+fn resolve_cluster(
+    args: &ServeArgs,
+    file: &FileConfig,
+    first_listen: SocketAddr,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(url) = args.cluster.clone().or_else(|| file.cluster.clone()) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+        return Err(ConfigError::Invalid(format!(
+            "--cluster must be nats://HOST:PORT, got {url:?}"
+        )));
+    }
+    let lease = args
+        .cluster_lease
+        .or(file.cluster_lease)
+        .unwrap_or(crate::cluster::DEFAULT_LEASE);
+    if lease < CLUSTER_LEASE_MIN {
+        return Err(ConfigError::Invalid(format!(
+            "--cluster-lease must be at least {CLUSTER_LEASE_MIN:?}"
+        )));
+    }
+    let node = match args.node_id.clone().or_else(|| file.node_id.clone()) {
+        Some(n) if !n.is_empty() => n,
+        Some(_) => return Err(ConfigError::Invalid("--node-id must not be empty".into())),
+        None => default_node_id(first_listen),
+    };
+    Ok(Some(ClusterConfig {
+        url,
+        node,
+        lease,
+        outage: args
+            .cluster_outage
+            .or(file.cluster_outage)
+            .unwrap_or_default(),
+    }))
+}
+
+/// `hostname:port` of the first listener.
+fn default_node_id(first_listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", first_listen.port())
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -683,5 +765,56 @@ mod tests {
         assert_eq!(k.idle, Duration::from_secs(60));
         assert!("60s,10s".parse::<Keepalive>().is_err());
         assert!("60s,10s,0".parse::<Keepalive>().is_err());
+    }
+
+    // --- cluster mode ---
+
+    #[test]
+    fn cluster_flags_resolve_with_defaults_and_file() {
+        let c = Config::resolve(ServeArgs {
+            listen: vec!["127.0.0.1:7711".parse().unwrap()],
+            cluster: Some("nats://127.0.0.1:4222".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap()
+        .cluster
+        .expect("cluster mode");
+        assert!(c.node.ends_with(":7711"), "{}", c.node);
+        assert_eq!(c.lease, crate::cluster::DEFAULT_LEASE);
+        assert_eq!(c.outage, OutageMode::Refuse);
+        assert!(Config::default().cluster.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let toml = "cluster = \"nats://h:1\"\nnode_id = \"n1\"\n\
+                    cluster_lease = \"3s\"\ncluster_outage = \"local\"\n";
+        std::fs::write(&path, toml).unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            (c.node.as_str(), c.lease, c.outage),
+            ("n1", Duration::from_secs(3), OutageMode::Local)
+        );
+    }
+
+    #[test]
+    fn cluster_rejects_bad_url_and_tiny_lease() {
+        let bad = |args: ServeArgs| Config::resolve(args).unwrap_err().to_string();
+        let url = bad(ServeArgs {
+            cluster: Some("127.0.0.1:4222".into()),
+            ..ServeArgs::default()
+        });
+        assert!(url.contains("nats://"), "{url}");
+        let lease = bad(ServeArgs {
+            cluster: Some("nats://h:1".into()),
+            cluster_lease: Some(Duration::from_millis(10)),
+            ..ServeArgs::default()
+        });
+        assert!(lease.contains("--cluster-lease"), "{lease}");
     }
 }

@@ -4,6 +4,8 @@
 //! `ringbeat check-system` says what would stop this machine from holding
 //! N connections, with the fix for each; it exits 1 if something blocks.
 //! `ringbeat token` mints a HELLO token (PROTOCOL.md, Authentication).
+//! `ringbeat presence --cluster URL get ID|count|watch` reads the cluster's
+//! presence directory and events (docs/CLUSTER.md).
 
 use std::process::ExitCode;
 
@@ -37,6 +39,8 @@ enum Command {
     CheckSystem(CheckArgs),
     /// Print a HELLO token (compact JWT) for one client_id to stdout.
     Token(TokenArgs),
+    /// Ask the cluster's presence directory (NATS JetStream).
+    Presence(PresenceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -63,6 +67,28 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
         return Err("--ttl must be at least 1s".into());
     }
     Ok(ttl)
+}
+
+#[derive(Args, Debug)]
+struct PresenceArgs {
+    /// NATS URL of the cluster, nats://HOST:PORT
+    #[arg(long, value_name = "URL")]
+    cluster: String,
+    #[command(subcommand)]
+    query: PresenceQuery,
+}
+
+#[derive(Subcommand, Debug)]
+enum PresenceQuery {
+    /// Print the directory entry of ID as JSON; exit 1 if it is offline.
+    Get {
+        #[arg(value_name = "ID")]
+        client_id: u64,
+    },
+    /// Print how many clients are online across the cluster.
+    Count,
+    /// Print online/offline events as JSON lines until interrupted.
+    Watch,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +134,7 @@ fn main() -> ExitCode {
         }
         Command::CheckSystem(args) => check_system(&args),
         Command::Token(args) => token(&args),
+        Command::Presence(args) => presence(&args),
     }
 }
 
@@ -124,6 +151,31 @@ fn token(args: &TokenArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn presence(args: &PresenceArgs) -> ExitCode {
+    use ringbeat::cluster::query;
+    let url = &args.cluster;
+    let result = match args.query {
+        PresenceQuery::Get { client_id } => query::get(url, client_id).map(|entry| match entry {
+            Some(e) => {
+                println!("{}", serde_json::to_string(&e).expect("entry json"));
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::FAILURE,
+        }),
+        PresenceQuery::Count => query::count(url).map(|n| {
+            println!("{n}");
+            ExitCode::SUCCESS
+        }),
+        PresenceQuery::Watch => {
+            query::watch(url, &mut std::io::stdout().lock(), None).map(|()| ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("ringbeat presence: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn check_system(args: &CheckArgs) -> ExitCode {

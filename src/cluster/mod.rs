@@ -100,6 +100,8 @@ pub(crate) enum Command {
         event: Event,
         queued: Instant,
     },
+    /// Stop at once, as `kill -9` would: no drain, lease left to lapse.
+    Crash,
 }
 
 /// The shards' end of the cluster thread. Every call is non-blocking.
@@ -178,6 +180,16 @@ impl ClusterHandle {
     pub fn shutdown(self) {
         drop(self.tx);
         self.thread.stop(Duration::from_secs(5));
+    }
+
+    /// For tests of node loss: stop the cluster thread the way `kill -9`
+    /// would stop the process (no drain, no lease removal, the NATS
+    /// connection simply goes), waiting behind already queued work.
+    #[doc(hidden)]
+    pub fn simulate_crash(self) {
+        if self.tx.try_send(Command::Crash).is_ok() {
+            self.thread.stop(Duration::from_secs(5));
+        }
     }
 }
 

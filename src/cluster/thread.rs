@@ -287,6 +287,9 @@ async fn run(
     let mut batch = Vec::with_capacity(IN_FLIGHT_MAX);
     while rx.recv_many(&mut batch, IN_FLIGHT_MAX).await > 0 {
         for cmd in batch.drain(..) {
+            if let Command::Crash = cmd {
+                return;
+            }
             let permit = slots.clone().acquire_owned().await.expect("open");
             if let Some(fut) = handle(&sh, cmd).await {
                 tasks.spawn(async move {
@@ -332,6 +335,7 @@ async fn handle(sh: &Arc<Shared>, cmd: Command) -> Option<Task> {
                 claim(&sh, client_id, entry, ticket, queued).await;
             }))
         }
+        Command::Crash => None,
         Command::Event { event, queued } => {
             sh.publish_event(&event, &sh.cfg.node).await;
             if event.event != EventKind::Offline || event.client_id == 0 {
