@@ -226,7 +226,7 @@ impl NodeHooks for FakeNode {
         }
     }
 
-    fn claim_done(&self, ticket: ClaimTicket, granted: bool) {
+    fn claim_done(&self, _client_id: u64, ticket: ClaimTicket, granted: bool) {
         let (previous, client_id, session) = {
             let mut l = self.local.lock().unwrap();
             let (client_id, session) = l.pending.remove(&ticket.slot).expect("known ticket");

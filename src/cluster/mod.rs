@@ -85,7 +85,7 @@ pub trait NodeHooks: Send + Sync + 'static {
     /// remote node's reply waits for it, bounded by [`KICK_TIMEOUT`].
     fn kick(&self, client_id: u64, keep_session: Option<u64>);
     /// Answers a [`ClusterHandle::claim`]: grant the HELLO or refuse it.
-    fn claim_done(&self, ticket: ClaimTicket, granted: bool);
+    fn claim_done(&self, client_id: u64, ticket: ClaimTicket, granted: bool);
 }
 
 pub(crate) enum Command {
@@ -155,7 +155,7 @@ impl ClusterHandle {
         if self.tx.try_send(cmd).is_err() {
             self.metrics.dropped.inc();
             self.metrics.claims_refused.inc();
-            self.hooks.claim_done(ticket, false);
+            self.hooks.claim_done(client_id, ticket, false);
         }
     }
 

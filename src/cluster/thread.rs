@@ -415,7 +415,7 @@ async fn claim(sh: &Shared, client_id: u64, entry: Entry, ticket: ClaimTicket, q
     if !granted {
         sh.metrics.claims_refused.inc();
     }
-    sh.hooks.claim_done(ticket, granted);
+    sh.hooks.claim_done(client_id, ticket, granted);
 }
 
 /// Compare-and-set rounds until this node's entry is written or the rounds
