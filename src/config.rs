@@ -582,6 +582,7 @@ fn resolve_cluster(
             .cluster_outage
             .or(file.cluster_outage)
             .unwrap_or_default(),
+        queue_max: crate::cluster::QUEUE_MAX,
     }))
 }
 

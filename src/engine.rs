@@ -566,6 +566,7 @@ impl Engine {
                 self.registry.claim(client_id, holder, self.now_tick)
             }
             ToHome::Evicted { client_id } => self.registry.evicted(client_id),
+            ToHome::Kick { client_id } => self.registry.kick(client_id),
             ToHome::Release {
                 client_id,
                 holder,

@@ -47,6 +47,9 @@ pub enum ToHome {
     },
     /// A holder the home shard asked to evict is closed (or already was).
     Evicted { client_id: u64 },
+    /// Cluster mode: another node took `client_id`; evict the local holder
+    /// with CLOSE(TAKEN_OVER) (src/cluster/hooks.rs sends it).
+    Kick { client_id: u64 },
 }
 
 /// To the shard of a connection that holds (or asked for) a `client_id`.

@@ -130,6 +130,15 @@ impl Registry {
         }
     }
 
+    /// Cluster mode: another node took `client_id`. The local holder, if
+    /// any, is evicted (TAKEN_OVER) and nobody here is granted after it.
+    pub fn kick(&mut self, client_id: u64) -> Option<Outgoing> {
+        let entry = self.entries.get_mut(&client_id)?;
+        let old = entry.holder.take()?;
+        entry.evicting += 1;
+        Some((old.shard, ToHolder::Evict { client_id, old }))
+    }
+
     /// Forgets `holder` if it is still the newest claimant.
     pub fn release(&mut self, client_id: u64, holder: Holder) {
         let Some(entry) = self.entries.get_mut(&client_id) else {
@@ -182,6 +191,21 @@ mod tests {
             slot,
             generation: 1,
         }
+    }
+
+    #[test]
+    fn a_cluster_kick_evicts_the_holder_and_grants_nobody() {
+        let mut r = Registry::default();
+        assert!(r.kick(9).is_none(), "nothing held");
+        r.claim(9, h(0, 1), 0);
+        let evict = ToHolder::Evict {
+            client_id: 9,
+            old: h(0, 1),
+        };
+        assert_eq!(r.kick(9), Some((0, evict)));
+        assert_eq!(r.holder(9), None);
+        assert_eq!(r.evicted(9), None, "no grant after a kick");
+        assert!(r.is_empty());
     }
 
     #[test]

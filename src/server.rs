@@ -14,6 +14,8 @@ use crossbeam_channel::Receiver;
 use socket2::{Domain, Socket, TcpKeepalive, Type};
 
 use crate::auth::{AuthError, AuthMode, AuthStats, Authenticator};
+use crate::cluster::hooks::MailboxHooks;
+use crate::cluster::{ClusterHandle, ClusterMetrics};
 use crate::config::{Config, IoMode};
 use crate::conn_table::{ConnTable, SLOTS_MAX};
 use crate::engine::{Engine, EngineConfig, TokenCheck};
@@ -196,6 +198,7 @@ pub struct Server {
     mode: ModeChoice,
     capacity: u64,
     events_sink: Option<events::FileSink>,
+    cluster: Option<Arc<ClusterHandle>>,
 }
 
 impl Server {
@@ -238,7 +241,7 @@ impl Server {
         let mode = choose_mode(
             config.io_mode,
             &features,
-            keeps_peers(&config, events.is_some()),
+            keeps_peers(&config, events.is_some() || config.cluster.is_some()),
         )?;
         let nofile = ring::raise_nofile_limit().context("RLIMIT_NOFILE")?;
         let slots = slots_per_shard(&config, mode.plan.fast, nofile);
@@ -265,7 +268,13 @@ impl Server {
             );
         }
         let (listeners, local_addrs) = bind_all(&config)?;
-        let stats = Arc::new(Stats::new());
+        let mut stats = Stats::new();
+        let cluster_metrics = config.cluster.as_ref().map(|_| {
+            let m = ClusterMetrics::default();
+            m.register(stats.registry_mut());
+            m
+        });
+        let stats = Arc::new(stats);
         stats.capacity.set(capacity as i64);
         let auth = Authenticator::from_config(&config).context("auth keys")?;
         tracing::info!(auth = ?auth.mode(), proxy_protocol = config.proxy_protocol, "identity");
@@ -284,6 +293,16 @@ impl Server {
             .map(|_| ring::eventfd())
             .collect::<Result<Vec<_>, _>>()?;
         let peers = Arc::new(Peers::new(senders, wakers));
+        let cluster = match (&config.cluster, cluster_metrics) {
+            (Some(c), Some(metrics)) => {
+                let hooks = Arc::new(MailboxHooks::new(peers.clone()));
+                let handle = ClusterHandle::start(c.clone(), hooks, metrics)
+                    .context("cannot join the cluster")?;
+                tracing::info!(node = %c.node, url = %c.url, "cluster mode");
+                Some(Arc::new(handle))
+            }
+            _ => None,
+        };
         let shared = Shared {
             config: &config,
             plan: mode.plan,
@@ -296,6 +315,7 @@ impl Server {
                 .map(|n| Arc::new(PerIpLimit::new(n))),
             auth: (auth.mode() != AuthMode::Off).then_some(&auth),
             events: &events,
+            cluster: &cluster,
             stats: &stats,
             live_total: Arc::new(AtomicU32::new(0)),
             start: Instant::now(),
@@ -310,6 +330,7 @@ impl Server {
             mode,
             capacity,
             events_sink: None,
+            cluster,
         })
     }
 
@@ -359,6 +380,11 @@ impl Server {
             }
         }
         drop(self.peers);
+        // The shards' offline events are queued; the cluster drains them
+        // (directory deletes) and removes this node's lease.
+        if let Some(Ok(cluster)) = self.cluster.map(Arc::try_unwrap) {
+            cluster.shutdown();
+        }
         if let Some(sink) = self.events_sink {
             sink.finish(std::time::Duration::from_millis(events::SHUTDOWN_WAIT_MS));
         }
@@ -390,6 +416,7 @@ struct Shared<'a> {
     per_ip: Option<Arc<PerIpLimit>>,
     auth: Option<&'a Authenticator>,
     events: &'a Option<EventSender>,
+    cluster: &'a Option<Arc<ClusterHandle>>,
     stats: &'a Arc<Stats>,
     live_total: Arc<AtomicU32>,
     start: Instant,
@@ -450,7 +477,7 @@ fn shard_spec(
         send_chunks: config.send_chunks,
         listeners: listeners.len(),
     };
-    let events = shared.events.is_some();
+    let events = shared.events.is_some() || shared.cluster.is_some();
     let generation_base = (shared.start.elapsed().as_nanos() as u32).wrapping_mul(2_654_435_761)
         ^ u32::from(id) << 20;
     let engine = Engine::new(
@@ -492,6 +519,7 @@ fn shard_spec(
         wake_fd,
         peers: shared.peers.clone(),
         events: shared.events.clone(),
+        cluster: shared.cluster.clone(),
         stats: shared.stats.clone(),
         start: shared.start,
         tick: config.tick,

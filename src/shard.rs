@@ -53,6 +53,8 @@ pub struct ShardSpec {
     pub wake_fd: RawFd,
     pub peers: Arc<Peers>,
     pub events: Option<EventSender>,
+    /// Cluster mode: claims and events also go to the cluster thread.
+    pub cluster: Option<Arc<crate::cluster::ClusterHandle>>,
     pub stats: Arc<Stats>,
     pub start: Instant,
     pub tick: Duration,

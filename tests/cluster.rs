@@ -17,7 +17,12 @@ use futures::StreamExt;
 use ringbeat::cluster::{
     query, ClaimTicket, ClusterConfig, ClusterHandle, ClusterMetrics, NodeHooks, OutageMode,
 };
+use ringbeat::config::{IoMode, ServeArgs};
 use ringbeat::events::{Event, EventKind, OfflineReason};
+use ringbeat::protocol::{CloseReason, OwnedFrame};
+use ringbeat::server::Server;
+
+mod common;
 
 fn nats_server_bin() -> Option<PathBuf> {
     let mut candidates = Vec::new();
@@ -137,6 +142,15 @@ struct FakeNode {
 
 impl FakeNode {
     fn start(nats: &Nats, name: &str, lease: Duration) -> Arc<FakeNode> {
+        Self::start_with_queue(nats, name, lease, ringbeat::cluster::QUEUE_MAX)
+    }
+
+    fn start_with_queue(
+        nats: &Nats,
+        name: &str,
+        lease: Duration,
+        queue_max: usize,
+    ) -> Arc<FakeNode> {
         let node = Arc::new(FakeNode {
             name: name.into(),
             local: Mutex::default(),
@@ -148,6 +162,7 @@ impl FakeNode {
             node: name.into(),
             lease,
             outage: OutageMode::Refuse,
+            queue_max,
         };
         let handle = ClusterHandle::start(config, node.clone(), ClusterMetrics::default())
             .expect("cluster starts");
@@ -477,4 +492,125 @@ fn a_consumer_sees_online_then_offline_for_every_connection() {
     }
     assert_eq!(query::count(&nats.url()).unwrap(), 0, "offline deletes");
     stop(nodes);
+}
+
+fn real_node(nats: &Nats, i: usize) -> Server {
+    common::start(ServeArgs {
+        cluster: Some(nats.url()),
+        node_id: Some(format!("real{i}")),
+        cluster_lease: Some(Duration::from_secs(3)),
+        ..common::args(IoMode::Auto)
+    })
+}
+
+/// What a peer's stream holds after things settled: a CLOSE reason, or
+/// nothing within a short wait (still held).
+fn settled(p: &mut common::Peer) -> Option<u16> {
+    p.stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.next()));
+    match got {
+        Ok(common::Got::Frame(OwnedFrame::Close { reason, .. })) => Some(reason),
+        Ok(other) => panic!("expected CLOSE or silence, got {other:?}"),
+        Err(_) => None,
+    }
+}
+
+/// Three real servers in cluster mode: a HELLO on the next node takes the
+/// id from the last one with CLOSE(TAKEN_OVER), and then 20 HELLOs with
+/// the same id over the three nodes at once leave exactly one holder, the
+/// one the directory names.
+#[test]
+fn real_servers_keep_one_holder_across_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let servers: Vec<Server> = (0..3).map(|i| real_node(&nats, i)).collect();
+    let addr = |i: usize| servers[i % 3].local_addrs()[0];
+    let (id, url) = (9090, nats.url());
+    let mut prev: Option<common::Peer> = None;
+    for round in 0..3 {
+        let mut p = common::Peer::connect(addr(round));
+        p.hello(id, 10_000);
+        let (session, ..) = p.expect_welcome();
+        if let Some(mut old) = prev.take() {
+            old.expect_close(CloseReason::TakenOver as u16);
+        }
+        wait_until(
+            "directory names the new holder",
+            Duration::from_secs(20),
+            || {
+                query::get(&url, id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.session == session && e.node == format!("real{round}"))
+            },
+        );
+        prev = Some(p);
+    }
+    let mut peers: Vec<common::Peer> = (0..20)
+        .map(|i| {
+            let mut p = common::Peer::connect(addr(i));
+            p.hello(id, 10_000);
+            p
+        })
+        .collect();
+    let mut sessions = Vec::new();
+    for p in &mut peers {
+        sessions.push(p.expect_welcome().0);
+    }
+    prev.unwrap().expect_close(CloseReason::TakenOver as u16);
+    std::thread::sleep(Duration::from_secs(4));
+    let outcomes: Vec<Option<u16>> = peers.iter_mut().map(settled).collect();
+    let alive: Vec<usize> = (0..20).filter(|&i| outcomes[i].is_none()).collect();
+    assert_eq!(alive.len(), 1, "outcomes: {outcomes:?}");
+    let taken = outcomes
+        .iter()
+        .filter(|o| **o == Some(CloseReason::TakenOver as u16))
+        .count();
+    assert_eq!(taken, 19, "outcomes: {outcomes:?}");
+    let winner = alive[0];
+    peers[winner].ping(5);
+    peers[winner].expect_pong(5);
+    let entry = query::get(&url, id).unwrap().expect("held");
+    assert_eq!(entry.session, sessions[winner]);
+    assert_eq!(entry.node, format!("real{}", winner % 3));
+    for s in servers {
+        common::stop(s);
+    }
+}
+
+/// A HELLO flood fills the cluster queue: the excess is refused at once and
+/// counted (nothing waits, nothing is lost silently), and an honest client
+/// that comes after is granted and written to the directory.
+#[test]
+fn a_hello_flood_is_refused_and_counted_while_an_honest_client_gets_in() {
+    let Some(nats) = Nats::start() else { return };
+    let node = FakeNode::start_with_queue(&nats, "flooded:1", Duration::from_secs(10), 32);
+    let flood = 5_000u64;
+    for i in 0..flood {
+        node.hello(1_000_000 + i, i + 1);
+    }
+    wait_until("flood answered", Duration::from_secs(60), || {
+        u64::from(node.answered()) == flood
+    });
+    let (granted, refused) = {
+        let l = node.local.lock().unwrap();
+        (l.granted, l.refused)
+    };
+    let metrics = node.handle().metrics().clone();
+    assert!(refused > 0, "a 32-deep queue took 5,000 claims at once");
+    assert_eq!(u64::from(granted + refused), flood);
+    assert_eq!(
+        metrics.dropped.get(),
+        u64::from(refused),
+        "every refusal counted"
+    );
+    node.hello(42, 4242);
+    wait_until("honest client answered", Duration::from_secs(20), || {
+        u64::from(node.answered()) == flood + 1
+    });
+    assert_eq!(node.local.lock().unwrap().holders.get(&42), Some(&4242));
+    let entry = query::get(&nats.url(), 42).unwrap().expect("written");
+    assert_eq!(entry.session, 4242);
+    node.take_handle().shutdown();
 }

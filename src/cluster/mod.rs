@@ -7,6 +7,7 @@
 //! [`NodeHooks`]. See docs/CLUSTER.md.
 
 pub mod directory;
+pub mod hooks;
 pub mod lease;
 pub mod metrics;
 pub mod query;
@@ -55,6 +56,8 @@ pub struct ClusterConfig {
     pub node: String,
     pub lease: Duration,
     pub outage: OutageMode,
+    /// Claims and events queued to the cluster thread ([`QUEUE_MAX`]).
+    pub queue_max: usize,
 }
 
 #[derive(Debug, Error)]
@@ -126,7 +129,7 @@ impl ClusterHandle {
         hooks: Arc<dyn NodeHooks>,
         metrics: ClusterMetrics,
     ) -> Result<ClusterHandle, ClusterError> {
-        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        let (tx, rx) = mpsc::channel(config.queue_max.max(1));
         let thread = thread::spawn(config, hooks.clone(), metrics.clone(), rx)?;
         Ok(ClusterHandle {
             tx,

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::{Phase, Shard, EXIT_WAIT, SHUTDOWN_GRACE};
 use crate::engine::Command;
-use crate::mailbox::ShardMsg;
+use crate::mailbox::{Holder, ShardMsg, ToHome};
 use crate::ring::ACCEPTS_PER_LISTENER;
 use crate::user_data::{Op, UserData};
 
@@ -91,18 +91,37 @@ impl Shard {
                 let fd = self.fd(slot);
                 self.ring.close(fd, slot, generation)
             }
+            // Cluster mode: the cluster decides first; its grant comes
+            // back to the home shard as this same claim (cluster/hooks.rs).
+            Command::Message {
+                msg: ShardMsg::Home(ToHome::Claim { client_id, holder }),
+                ..
+            } if self.spec.cluster.is_some() => {
+                self.cluster_claim(client_id, holder);
+                Ok(())
+            }
             Command::Message { to, msg } if to == self.spec.id => self.deliver(msg),
             Command::Message { to, msg } => {
                 self.spec.peers.send(to, msg);
                 Ok(())
             }
             Command::Event(event) => {
+                if let Some(cluster) = &self.spec.cluster {
+                    cluster.on_event(&event);
+                }
                 if let Some(tx) = &self.spec.events {
                     tx.send(event);
                 }
                 Ok(())
             }
         }
+    }
+
+    fn cluster_claim(&self, client_id: u64, holder: Holder) {
+        let cluster = self.spec.cluster.as_ref().expect("cluster mode");
+        let session = crate::conn_table::session_id(holder.shard, holder.slot, holder.generation);
+        let peer = self.spec.engine.table().peer(holder.slot);
+        cluster.claim(client_id, session, peer, holder.into());
     }
 
     fn begin_shutdown(&mut self) -> std::io::Result<()> {

@@ -1,0 +1,65 @@
+//! The server's side of [`NodeHooks`]: the cluster's answers travel to the
+//! shards over the same mailbox the shards use among themselves. A grant
+//! becomes the local registry claim at the id's home shard, a kick an
+//! eviction there (both through the one FIFO of that shard, so a kick never
+//! overtakes the grant it ends), and a refusal closes the claimant.
+
+use std::sync::Arc;
+
+use super::{ClaimTicket, NodeHooks};
+use crate::mailbox::{Holder, Peers, ShardMsg, ToHolder, ToHome};
+use crate::registry::home_shard;
+
+/// [`NodeHooks`] over the shards' mailbox.
+#[derive(Debug)]
+pub struct MailboxHooks {
+    peers: Arc<Peers>,
+}
+
+impl MailboxHooks {
+    pub fn new(peers: Arc<Peers>) -> MailboxHooks {
+        MailboxHooks { peers }
+    }
+
+    fn home(&self, client_id: u64) -> u16 {
+        home_shard(client_id, self.peers.shards())
+    }
+}
+
+impl From<Holder> for ClaimTicket {
+    fn from(h: Holder) -> ClaimTicket {
+        ClaimTicket {
+            shard: h.shard,
+            slot: h.slot,
+            generation: h.generation,
+        }
+    }
+}
+
+impl From<ClaimTicket> for Holder {
+    fn from(t: ClaimTicket) -> Holder {
+        Holder {
+            shard: t.shard,
+            slot: t.slot,
+            generation: t.generation,
+        }
+    }
+}
+
+impl NodeHooks for MailboxHooks {
+    fn kick(&self, client_id: u64, _keep_session: Option<u64>) {
+        let msg = ShardMsg::Home(ToHome::Kick { client_id });
+        self.peers.send(self.home(client_id), msg);
+    }
+
+    fn claim_done(&self, client_id: u64, ticket: ClaimTicket, granted: bool) {
+        let holder = Holder::from(ticket);
+        if granted {
+            let msg = ShardMsg::Home(ToHome::Claim { client_id, holder });
+            self.peers.send(self.home(client_id), msg);
+        } else {
+            let msg = ShardMsg::Holder(ToHolder::Refused { client_id, holder });
+            self.peers.send(holder.shard, msg);
+        }
+    }
+}
