@@ -601,15 +601,23 @@ fn a_hello_flood_is_refused_and_counted_while_an_honest_client_gets_in() {
     assert!(refused > 0, "a 32-deep queue took 5,000 claims at once");
     assert_eq!(u64::from(granted + refused), flood);
     assert_eq!(
-        metrics.dropped.get(),
+        metrics.claims_refused.get(),
         u64::from(refused),
         "every refusal counted"
     );
-    node.hello(42, 4242);
-    wait_until("honest client answered", Duration::from_secs(20), || {
-        u64::from(node.answered()) == flood + 1
-    });
-    assert_eq!(node.local.lock().unwrap().holders.get(&42), Some(&4242));
+    // Queue-full claims, plus online events that met a full queue too.
+    assert!(metrics.dropped.get() >= u64::from(refused));
+    // The honest client, like a real one, tries again after a refusal.
+    let mut tries = 0;
+    while node.local.lock().unwrap().holders.get(&42).is_none() {
+        tries += 1;
+        assert!(tries <= 50, "the honest client never got in");
+        node.hello(42, 4242);
+        let want = flood + tries;
+        wait_until("honest claim answered", Duration::from_secs(20), || {
+            u64::from(node.answered()) == want
+        });
+    }
     let entry = query::get(&nats.url(), 42).unwrap().expect("written");
     assert_eq!(entry.session, 4242);
     node.take_handle().shutdown();
