@@ -2,7 +2,7 @@
 //! JetStream. Detection stays node-local; this module shares only
 //! transitions (a KV directory `ringbeat-presence`, events on
 //! `ringbeat.presence.*`) and node leases (`ringbeat-nodes`). The NATS
-//! client runs on its own thread ([`thread`]); shards reach it through the
+//! client runs on its own thread (`thread.rs`); shards reach it through the
 //! non-blocking [`ClusterHandle`], and it reaches the server through
 //! [`NodeHooks`]. See docs/CLUSTER.md.
 
