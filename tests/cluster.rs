@@ -499,6 +499,9 @@ fn real_node(nats: &Nats, i: usize) -> Server {
         cluster: Some(nats.url()),
         node_id: Some(format!("real{i}")),
         cluster_lease: Some(Duration::from_secs(3)),
+        // 20 takeovers of one id in a burst: past the per-id rate limit
+        // (burst 10) on whichever node sees more than 10 of them.
+        max_takeovers_per_min: Some(0),
         ..common::args(IoMode::Auto)
     })
 }
