@@ -69,7 +69,8 @@ def judge(r):
     load = r.get("load") or {}
     silent = load.get("silent_total", -1)
     det = load.get("detection_ms") or {}
-    r["pingpong_ok"] = load.get("heartbeats_answered", 0) > 0 and load.get("server_protocol_errors", 1) == 0
+    r["pingpong_ok"] = (load.get("heartbeats_answered", 0) > 0 and load.get("heartbeats_lost", 1) == 0
+                        and load.get("server_protocol_errors", 1) == 0)
     r["evictions_ok"] = silent > 0 and load.get("silent_evicted") == silent and det.get("early", 1) == 0
     r["late"] = det.get("late", "?")
     r["false_evictions"] = load.get("false_evictions", "?")
