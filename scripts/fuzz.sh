@@ -45,7 +45,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 # Smoke runs (CI's fresh clones) build into a cache outside the clone, so
 # only the first run on a machine pays for the instrumented dependencies.
-if [ $SMOKE -eq 1 ]; then export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/ringbeat/fuzz-target}; fi
+if [ $SMOKE -eq 1 ]; then export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${HOME:-/tmp}/.cache/ringbeat/fuzz-target}; fi
 
 python3 fuzz/seeds/make_seeds.py
 cd fuzz
