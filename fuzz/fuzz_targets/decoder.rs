@@ -11,7 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use ringbeat::protocol::{
     self, header_bytes, parse_header, Decoder, Kind, OwnedFrame, ProtocolError, HEADER_LEN,
-    MIN_MAX_PAYLOAD,
+    HELLO_FRAME_LEN, MIN_MAX_PAYLOAD,
 };
 
 /// Frames and the error (if any) that ended the stream, plus bytes left.
@@ -52,10 +52,7 @@ fn decode(stream: &[u8], cuts: &[usize], max_payload: u32) -> Outcome {
 
 fn encode(f: &OwnedFrame) -> Vec<u8> {
     match f {
-        OwnedFrame::Hello {
-            client_id,
-            interval_ms,
-        } => protocol::hello_frame(*client_id, *interval_ms).to_vec(),
+        OwnedFrame::Hello { .. } => unreachable!("re-encoded with its token"),
         OwnedFrame::Welcome {
             session,
             interval_ms,
@@ -102,7 +99,18 @@ fuzz_target!(|data: &[u8]| {
     // Every frame re-encodes to the bytes it came from, in order.
     let mut at = 0;
     for f in &whole.0 {
-        let bytes = encode(f);
+        let bytes = match f {
+            // OwnedFrame keeps no HELLO token: take it from the stream.
+            OwnedFrame::Hello {
+                client_id,
+                interval_ms,
+            } => {
+                let h = parse_header(stream[at..at + HEADER_LEN].try_into().unwrap(), max_payload);
+                let token = &stream[at + HELLO_FRAME_LEN..at + h.expect("parsed").frame_len()];
+                protocol::hello_frame_with_token(*client_id, *interval_ms, token).expect("fits")
+            }
+            f => encode(f),
+        };
         assert_eq!(&stream[at..at + bytes.len()], &bytes[..], "frame {f:?}");
         at += bytes.len();
     }
