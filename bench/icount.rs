@@ -3,12 +3,13 @@
 //! engines, `N` connections opened (accept), `M` PINGs each (heartbeat),
 //! sweeps over all of them with none stale (sweep entry), then a takeover
 //! storm: `N` new connections say HELLO with the ids the first `N` hold, and
-//! the control plane is delivered (takeover). No clock, no randomness (the
-//! registry's seeded HashMap is kept out of the counts): the same binary and
-//! arguments give the same count on any day.
+//! the control plane is delivered (takeover). Each shard's kernel is
+//! simulated and completes every command at once. No clock, and the only
+//! randomness is std's HashMap seed, which scripts/icount.sh pins: the same
+//! binary and arguments give the same count on any day.
 //!
 //! ```sh
-//! cargo bench --bench icount -- 10000 10 takeover  # N, M, counted phase
+//! cargo bench --bench icount -- 10000 10   # N, M; prints what it did
 //! ```
 
 use std::collections::VecDeque;
@@ -17,47 +18,99 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use ringbeat::conn_table::ConnTable;
-use ringbeat::engine::{Engine, EngineConfig, Io};
-use ringbeat::events::Event;
+use ringbeat::engine::{Command, Engine, EngineConfig};
 use ringbeat::heartbeat::Timing;
+use ringbeat::mailbox::ShardMsg;
 use ringbeat::protocol;
-use ringbeat::registry::{Control, Registry};
-use ringbeat::send_pool::QueueError;
-use ringbeat::stash::StashPool;
+use ringbeat::send_pool::{SendPool, GATHER_MAX};
+use ringbeat::stash::HelloPool;
 use ringbeat::stats::Stats;
 
 const SHARDS: u16 = 2;
 /// Sweeps in the sweep phase.
 const SWEEPS: u32 = 10;
 
-/// A driver that only counts what it is asked (so its own cost is tiny).
-#[derive(Default)]
-struct CountingIo {
+/// One shard: the engine, its send pool, and a kernel that completes every
+/// command at once (sends leave whole, cancels and closes complete).
+struct Shard {
+    e: Engine,
+    sends: SendPool,
+    outbox: VecDeque<(u16, ShardMsg)>,
+    commands: Vec<Command>,
     sent_bytes: usize,
     closes: usize,
-    control: VecDeque<(u16, Control)>,
 }
 
-impl Io for CountingIo {
-    fn send(&mut self, _slot: u32, _head: &mut u32, bytes: &[u8]) -> Result<(), QueueError> {
-        self.sent_bytes += bytes.len();
-        Ok(())
+impl Shard {
+    /// Carries out commands until the engine has none left.
+    fn pump(&mut self) {
+        // Reused, so the harness allocates nothing per operation.
+        let mut commands = std::mem::take(&mut self.commands);
+        loop {
+            self.e.take_commands(&mut commands, &mut self.sends);
+            if commands.is_empty() {
+                break;
+            }
+            for c in commands.drain(..) {
+                self.carry_out(c);
+            }
+        }
+        self.commands = commands;
     }
-    fn close(&mut self, _slot: u32, _generation: u32, _abort_send: bool) {
-        self.closes += 1;
+
+    fn carry_out(&mut self, c: Command) {
+        match c {
+            Command::Send {
+                slot,
+                generation,
+                head,
+            } => {
+                let mut pieces = [(0, 0); GATHER_MAX];
+                let n = self.sends.start_send(head, &mut pieces);
+                let len: usize = pieces[..n].iter().map(|&(_, len)| len).sum();
+                self.sent_bytes += len;
+                let sends = &mut self.sends;
+                self.e
+                    .on_send_done(slot, generation, len as i32, false, sends);
+            }
+            Command::SendClose {
+                slot,
+                generation,
+                bytes,
+            } => {
+                self.sent_bytes += bytes.len();
+                let sends = &mut self.sends;
+                self.e
+                    .on_send_done(slot, generation, bytes.len() as i32, true, sends);
+            }
+            Command::CancelRecv { slot, generation } => {
+                let sends = &mut self.sends;
+                self.e
+                    .on_recv_end(slot, generation, -libc::ECANCELED, sends);
+            }
+            Command::CloseFd { slot, generation } => {
+                self.closes += 1;
+                self.e.on_closed(slot, generation);
+            }
+            Command::Message { to, msg } if to == self.e.config().shard => self.deliver(msg),
+            Command::Message { to, msg } => self.outbox.push_back((to, msg)),
+            Command::ArmRecv { .. } | Command::CancelSend { .. } | Command::Event(_) => {}
+        }
     }
-    fn control(&mut self, to: u16, msg: Control) {
-        self.control.push_back((to, msg));
+
+    fn deliver(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Home(m) => self.e.on_home(m),
+            ShardMsg::Holder(m) => self.e.on_holder(m, &mut self.sends),
+            ShardMsg::Shutdown => self.e.shutdown(&mut self.sends),
+        }
     }
-    fn event(&mut self, _event: Event) {}
 }
 
 struct World {
-    shards: Vec<(Engine, Registry, CountingIo)>,
+    shards: Vec<Shard>,
     /// Connections per shard in each generation of clients.
     per_shard: u32,
-    /// The phase being run is the one counted.
-    counting: bool,
 }
 
 fn timing() -> Timing {
@@ -75,6 +128,8 @@ impl World {
         let per_shard = n.div_ceil(u32::from(SHARDS));
         let live = Arc::new(AtomicU32::new(0));
         let stats = Stats::new();
+        // Room for the storm's second generation of clients, and a reserve.
+        let slots = per_shard * 2 + 16;
         let shards = (0..SHARDS)
             .map(|shard| {
                 let cfg = EngineConfig {
@@ -84,83 +139,60 @@ impl World {
                     max_payload: protocol::DEFAULT_MAX_PAYLOAD,
                     probe: false,
                     max_connections: u32::MAX,
+                    shard_limit: slots - 8,
                     events: false,
+                    multishot_recv: true,
+                    auth: None,
+                    per_ip: None,
+                    takeovers_per_min: 0,
+                    offline_grace_ticks: 0,
+                    max_ping_rate: 0,
                 };
-                // Room for the storm's second generation of clients.
-                let table = ConnTable::new(per_shard * 2, false, 1);
+                let table = ConnTable::new(slots, false, 1);
                 let e = Engine::new(
                     cfg,
                     table,
-                    StashPool::new(64),
+                    HelloPool::new(64),
                     live.clone(),
                     stats.for_shard(shard),
                 );
-                (e, Registry::default(), CountingIo::default())
+                Shard {
+                    e,
+                    sends: SendPool::new(4096),
+                    outbox: VecDeque::new(),
+                    commands: Vec::with_capacity(64),
+                    sent_bytes: 0,
+                    closes: 0,
+                }
             })
             .collect();
-        World {
-            shards,
-            per_shard,
-            counting: false,
-        }
+        World { shards, per_shard }
     }
 
+    /// Delivers every cross-shard message until none is left.
     fn deliver_all(&mut self) {
-        while self.shards.iter().any(|s| !s.2.control.is_empty()) {
+        while self.shards.iter().any(|s| !s.outbox.is_empty()) {
             for from in 0..self.shards.len() {
-                while let Some((to, msg)) = self.shards[from].2.control.pop_front() {
-                    let (engine, registry, io) = &mut self.shards[usize::from(to)];
-                    match msg {
-                        Control::Claim { .. } | Control::Release { .. } if self.counting => {
-                            io.control.extend(registry_step(registry, msg));
-                        }
-                        Control::Claim { .. } | Control::Release { .. } => {
-                            io.control.extend(registry_step_uncounted(registry, msg));
-                        }
-                        msg => engine.on_control(msg, io),
-                    }
+                while let Some((to, msg)) = self.shards[from].outbox.pop_front() {
+                    let target = &mut self.shards[usize::from(to)];
+                    target.deliver(msg);
+                    target.pump();
                 }
             }
         }
     }
 }
 
-/// The home shard's registry work. scripts/icount.sh leaves it out of the
-/// counts: its HashMap has a random seed, so its count varies run to run.
-#[inline(never)]
-fn registry_step(registry: &mut Registry, msg: Control) -> Option<(u16, Control)> {
-    route(registry, msg)
-}
-
-#[inline(always)]
-fn route(registry: &mut Registry, msg: Control) -> Option<(u16, Control)> {
-    match msg {
-        Control::Claim { client_id, holder } => Some(registry.claim(client_id, holder)),
-        Control::Release { client_id, holder } => {
-            registry.release(client_id, holder);
-            None
-        }
-        _ => unreachable!("engine messages go to the engine"),
-    }
-}
-
-/// [`registry_step`] outside the phase being counted (the callgrind toggle
-/// on `registry_step` would turn collection on there).
-#[inline(never)]
-fn registry_step_uncounted(registry: &mut Registry, msg: Control) -> Option<(u16, Control)> {
-    // A body unlike registry_step's, so the two are never merged into one.
-    route(black_box(registry), msg)
-}
-
 /// `N` accepts, each followed by HELLO with its client id (1..=N).
 #[inline(never)]
 fn phase_accept(w: &mut World) {
     let per_shard = w.per_shard;
-    for (s, (e, _, io)) in w.shards.iter_mut().enumerate() {
+    for (s, sh) in w.shards.iter_mut().enumerate() {
         for slot in 0..per_shard {
-            e.on_open(slot, None, io);
+            let g = sh.e.on_open(slot, None, &mut sh.sends);
             let id = u64::from(slot) * u64::from(SHARDS) + s as u64 + 1;
-            e.on_recv(slot, &protocol::hello_frame(id, 0), io);
+            sh.e.on_recv_data(slot, g, &protocol::hello_frame(id, 0), &mut sh.sends);
+            sh.pump();
         }
     }
     w.deliver_all();
@@ -172,9 +204,11 @@ fn phase_heartbeat(w: &mut World, m: u32) {
     let per_shard = w.per_shard;
     for round in 0..m {
         let ping = protocol::ping_frame(u64::from(round).to_be_bytes());
-        for (e, _, io) in &mut w.shards {
+        for sh in &mut w.shards {
             for slot in 0..per_shard {
-                e.on_recv(slot, &ping, io);
+                let g = sh.e.table().generation[slot as usize];
+                sh.e.on_recv_data(slot, g, &ping, &mut sh.sends);
+                sh.pump();
             }
         }
     }
@@ -184,9 +218,10 @@ fn phase_heartbeat(w: &mut World, m: u32) {
 #[inline(never)]
 fn phase_sweep(w: &mut World) {
     for tick in 1..=SWEEPS {
-        for (e, _, io) in &mut w.shards {
-            e.set_clock(tick, u64::from(tick) * 100_000_000);
-            e.on_tick(io);
+        for sh in &mut w.shards {
+            sh.e.set_clock(tick, u64::from(tick) * 100_000_000);
+            sh.e.on_tick(tick, &mut sh.sends);
+            sh.pump();
         }
     }
 }
@@ -195,13 +230,14 @@ fn phase_sweep(w: &mut World) {
 #[inline(never)]
 fn phase_takeover(w: &mut World) {
     let per_shard = w.per_shard;
-    for (s, (e, _, io)) in w.shards.iter_mut().enumerate() {
+    for (s, sh) in w.shards.iter_mut().enumerate() {
         for i in 0..per_shard {
             let slot = per_shard + i;
-            e.on_open(slot, None, io);
+            let g = sh.e.on_open(slot, None, &mut sh.sends);
             // Ids of the other shard's clients: every takeover crosses shards.
             let id = u64::from(i) * u64::from(SHARDS) + (1 - s as u64) + 1;
-            e.on_recv(slot, &protocol::hello_frame(id, 0), io);
+            sh.e.on_recv_data(slot, g, &protocol::hello_frame(id, 0), &mut sh.sends);
+            sh.pump();
         }
     }
     w.deliver_all();
@@ -211,19 +247,13 @@ fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let n: u32 = args.next().map_or(10_000, |a| a.parse().expect("N"));
     let m: u32 = args.next().map_or(10, |a| a.parse().expect("M"));
-    // The phase scripts/icount.sh counts (its registry work is left out).
-    let counted = args.next().unwrap_or_default();
     let mut w = World::new(n);
-    w.counting = counted == "accept";
     phase_accept(&mut w);
-    w.counting = counted == "heartbeat";
     phase_heartbeat(&mut w, m);
-    w.counting = counted == "sweep";
     phase_sweep(&mut w);
-    w.counting = counted == "takeover";
     phase_takeover(&mut w);
-    let closes: usize = w.shards.iter().map(|s| s.2.closes).sum();
-    let sent: usize = w.shards.iter().map(|s| s.2.sent_bytes).sum();
+    let closes: usize = w.shards.iter().map(|s| s.closes).sum();
+    let sent: usize = w.shards.iter().map(|s| s.sent_bytes).sum();
     let conns = w.per_shard * u32::from(SHARDS);
     assert_eq!(closes, conns as usize, "every old holder was taken over");
     println!(
