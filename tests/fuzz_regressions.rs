@@ -37,6 +37,8 @@ fn engine() -> Engine {
         takeovers_per_min: 0,
         offline_grace_ticks: 0,
         max_ping_rate: 0,
+        phi_threshold: None,
+        proxy_protocol: false,
     };
     let stats = Stats::new().for_shard(0);
     let table = ConnTable::new(8, false, 1);

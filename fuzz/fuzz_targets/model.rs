@@ -238,6 +238,8 @@ impl Shard {
             takeovers_per_min: 0,
             offline_grace_ticks: 0,
             max_ping_rate: 0,
+            phi_threshold: None,
+            proxy_protocol: false,
         };
         let table = ConnTable::new(SLOTS, true, 1);
         let e = Engine::new(
