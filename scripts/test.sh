@@ -14,4 +14,6 @@ echo "== capacity planner (python unittest)"
 python3 -m unittest discover -s scripts -p 'test_*.py'
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+echo "== fuzz smoke (scripts/fuzz.sh --smoke: at most 180 s)"
+bash scripts/fuzz.sh --smoke
 echo "== all checks passed"

@@ -169,3 +169,42 @@ fn mqtt_mode_pings_a_broker_and_detects_silent_clients_by_eof() {
         "closed before 1.5 × keepalive"
     );
 }
+
+/// `--compat` (regular fds, provided buffers: the kernel 5.10 path) was
+/// never run here: its ring queues PROVIDE_BUFFERS at creation, and setting
+/// the connect targets asserted that nothing was in flight, so every worker
+/// panicked. The kernel matrix (scripts/kernels.sh) found it on 5.10.
+#[test]
+fn compat_mode_load_connects_and_detects_silent_clients() {
+    let server = start(timed_args(IoMode::Auto, 500, 1_500, 50));
+    let addr = server.local_addrs()[0].to_string();
+    let r = run_load(&[
+        "--connect",
+        &addr,
+        "--compat",
+        "--clients",
+        "60",
+        "--ramp",
+        "1000",
+        "--interval",
+        "500ms",
+        "--timeout",
+        "1500ms",
+        "--tick",
+        "50ms",
+        "--fault-after",
+        "500ms",
+        "--duration",
+        "4s",
+        "--hello",
+        "--mix",
+        "silent=0.2,reset=0.1,garbage=0.1",
+    ]);
+    assert_eq!(r["connected"], 60);
+    assert_eq!(r["false_evictions"], 0);
+    let silent = r["silent_total"].as_u64().unwrap();
+    assert!(silent > 0);
+    assert_eq!(r["silent_evicted"].as_u64().unwrap(), silent);
+    assert!(r["heartbeats_answered"].as_u64().unwrap() > 60);
+    stop(server);
+}

@@ -129,6 +129,13 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
         ),
         spec,
     };
+    // Compat: Ring::new queued PROVIDE_BUFFERS, and the connect targets may
+    // change only with nothing in flight, so that must complete first.
+    while w.ring.inflight > 0 {
+        if let Some(c) = w.ring.submit_and_wait(1)?.iter().find(|c| c.result < 0) {
+            return Err(std::io::Error::from_raw_os_error(-c.result));
+        }
+    }
     let targets: Vec<SocketAddr> = cfg.args.connect.clone();
     w.ring.set_connect_targets(&targets);
     w.run()?;
