@@ -240,13 +240,19 @@ impl Engine {
     /// Hands the driver everything asked of it since the last call, in
     /// order, starting the sends of connections with queued replies.
     pub fn take_commands(&mut self, out: &mut Vec<Command>, sends: &mut SendPool) {
-        for slot in std::mem::take(&mut self.dirty) {
+        // Keep the buffer: taking it allocated a new one for the next
+        // reply (about a fifth of a heartbeat's instructions, callgrind).
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
             match self.table.state(slot) {
                 State::Open => self.start_send(slot),
                 State::Closing => self.try_finish_close(slot, sends),
                 State::Free => {}
             }
         }
+        dirty.clear();
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
         debug_assert!(
             self.commands.len() <= 8 * self.table.capacity() as usize + 1024,
             "command queue unbounded"

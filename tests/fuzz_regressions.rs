@@ -60,7 +60,6 @@ fn engine() -> Engine {
 /// with PROTOCOL_ERROR. Fix (src/engine/input.rs, `keep_len`): keep nothing
 /// of a WELCOME's payload (`Kind::Welcome => 0`), as for DATA.
 #[test]
-#[ignore = "pending the fix in src/engine/input.rs (keep_len), owned by the engine refactor"]
 fn a_welcome_split_across_reads_is_a_protocol_error_not_a_hello() {
     let mut e = engine();
     let mut sends = SendPool::new(64);
