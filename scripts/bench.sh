@@ -3,7 +3,7 @@
 # client count, against each peer:
 #   ringbeat (fast io mode), the same with --batch-wait 0 (no batched
 #   waits: lower RTT, more wake-ups), ringbeat --io-mode compat (the 5.10 path),
-#   tokio (epoll, one task + one timeout per connection), tokio-uring 0.5,
+#   a lean hand-written epoll server (bench/peers/epoll.rs), tokio (epoll, one task + one timeout per connection), tokio-uring 0.5,
 #   mosquitto (the distribution's package; MQTT keepalive with PINGREQ;
 #   installed by scripts/setup.sh --bench, skipped with a note if absent).
 #
@@ -15,7 +15,8 @@
 # rounds, so that the host's speed drifting during the run (this VM: up to
 # 1.7x) lands on every peer alike. Peers that hold one fd per connection are
 # capped by RLIMIT_NOFILE, so the client count defaults to 15000 for all
-# peers. Loopback only; bounded; kills what it starts.
+# peers; `--clients 19000` runs every peer at the epoll peers' cap.
+# Loopback only; bounded; kills what it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

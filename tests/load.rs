@@ -30,9 +30,15 @@ fn run_load(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
-    let server = start(timed_args(IoMode::Auto, 500, 1_500, 50));
+    let events_dir = tempfile::tempdir().unwrap();
+    let events = events_dir.path().join("events.jsonl");
+    let mut args = timed_args(IoMode::Auto, 500, 1_500, 50);
+    args.events = Some(events.clone());
+    let server = start(args);
     let addr = server.local_addrs()[0].to_string();
     let r = run_load(&[
+        "--server-events",
+        events.to_str().unwrap(),
         "--connect",
         &addr,
         "--clients",
@@ -62,6 +68,7 @@ fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
         r["late_client_evictions"], 0,
         "300 clients never fall behind"
     );
+    assert_eq!(r["attribution"]["by"], "server_events");
     assert!(r["send_lag_us"]["count"].as_u64().unwrap() > 300);
     assert!(r["send_lag_us"]["p99"].as_u64().unwrap() < 1_500_000);
     assert_eq!(r["unexpected_disconnects"], 0);

@@ -52,6 +52,9 @@ struct Shard {
     last_seen_tick: Vec<u32>,
     partial: Vec<Partial>,
     max_fd: usize,
+    /// Out of fds (EMFILE): the listener is out of the epoll set until the
+    /// next tick, so a level-triggered listener does not spin.
+    accept_paused: bool,
     interval_ms: u32,
     timeout_ms: u32,
     timeout_ticks: u32,
@@ -110,6 +113,7 @@ impl Shard {
             last_seen_tick: vec![0; fds],
             partial: vec![Partial::default(); fds],
             max_fd: 0,
+            accept_paused: false,
             interval_ms: a.interval.as_millis() as u32,
             timeout_ms,
             timeout_ticks: (u64::from(timeout_ms) / TICK_MS) as u32,
@@ -124,7 +128,11 @@ impl Shard {
             let fd =
                 unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
             if fd < 0 {
-                return; // EAGAIN (drained), EMFILE, ECONNABORTED: try on the next event
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                if matches!(errno, Some(libc::EMFILE | libc::ENFILE)) {
+                    self.pause_accept();
+                }
+                return; // EAGAIN (drained), ECONNABORTED: try on the next event
             }
             let one: libc::c_int = 1;
             // SAFETY: `one` is a live c_int and its size is passed.
@@ -148,6 +156,13 @@ impl Shard {
             self.partial[slot] = Partial::default();
             self.max_fd = self.max_fd.max(slot);
         }
+    }
+
+    fn pause_accept(&mut self) {
+        let lfd = self.listener.as_raw_fd();
+        // SAFETY: plain syscall; a null event is allowed for EPOLL_CTL_DEL.
+        unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_DEL, lfd, std::ptr::null_mut()) };
+        self.accept_paused = true;
     }
 
     fn close(&mut self, fd: RawFd) {
@@ -231,6 +246,9 @@ impl Shard {
             if now_tick != swept_tick {
                 swept_tick = now_tick;
                 self.sweep(now_tick);
+                if self.accept_paused {
+                    self.accept_paused = !epoll_add(self.epfd, lfd);
+                }
             }
         }
     }

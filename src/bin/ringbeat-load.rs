@@ -135,6 +135,7 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
         ringbeat::ring::raise_nofile_limit()?;
     }
     let start = Instant::now();
+    let start_unix_ms = unix_ms();
     let stop = Arc::new(AtomicBool::new(false));
     let (progress, handles) = spawn_workers(&config, fast, start, &stop)?;
     let mut watch = Watch {
@@ -173,8 +174,10 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
             .map_err(|_| anyhow::anyhow!("a worker panicked"))??;
         tally.merge(&t);
     }
+    let refined = refine(&config, &mut tally, start_unix_ms);
     let elapsed_s = start.elapsed().as_secs_f64();
-    let report = build_report(&config, &tally, &watch, elapsed_s);
+    let mut report = build_report(&config, &tally, &watch, elapsed_s);
+    report["attribution"] = refined;
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &config.args.json {
         std::fs::write(path, &text)?;
@@ -281,4 +284,55 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
             "rss_bytes_peak": me.rss_peak_bytes,
         },
     })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Re-judges late-client evictions by the server's events file, if given;
+/// says in the report what was done.
+fn refine(config: &LoadConfig, tally: &mut Tally, start_unix_ms: u64) -> serde_json::Value {
+    let Some(path) = &config.args.server_events else {
+        return json!({"by": "close_arrival"});
+    };
+    if !config.args.hello {
+        eprintln!("ringbeat-load: --server-events needs --hello (client ids); not refined");
+        return json!({"by": "close_arrival", "note": "--server-events without --hello"});
+    }
+    let evicted = match server_evictions(path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ringbeat-load: {}: {e}; not refined", path.display());
+            return json!({"by": "close_arrival", "note": e.to_string()});
+        }
+    };
+    let timeout_ms = config.args.timeout.as_millis() as u64;
+    let moved = ringbeat::load::report::refine_with_server_events(
+        tally,
+        &evicted,
+        start_unix_ms,
+        timeout_ms,
+    );
+    json!({"by": "server_events", "moved_to_false_evictions": moved,
+           "late_unkept": tally.late_unkept})
+}
+
+/// client id → the latest `ts_ms` of its offline/timeout event.
+fn server_evictions(path: &std::path::Path) -> anyhow::Result<std::collections::HashMap<u64, u64>> {
+    let mut out = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(path)?.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["event"] == "offline" && v["reason"] == "timeout" {
+            if let (Some(id), Some(ts)) = (v["client_id"].as_u64(), v["ts_ms"].as_u64()) {
+                let e = out.entry(id).or_insert(ts);
+                *e = (*e).max(ts);
+            }
+        }
+    }
+    Ok(out)
 }

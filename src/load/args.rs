@@ -87,6 +87,10 @@ pub struct LoadArgs {
     /// Use regular fds instead of direct descriptors (capped by nofile)
     #[arg(long)]
     pub compat: bool,
+    /// The server's --events file: late-client evictions are re-judged by
+    /// the server's own eviction times (needs --hello for client ids)
+    #[arg(long, value_name = "PATH")]
+    pub server_events: Option<std::path::PathBuf>,
 }
 
 /// Checked settings.

@@ -233,7 +233,14 @@ impl Clients {
     fn healthy_evicted(&self, i: usize, now_ns: u64, timing: &Timing, tally: &mut Tally) {
         match attribute(self.last_left_ns[i], now_ns, timing.server_timeout_ns) {
             Fault::Server => tally.false_evictions += 1,
-            Fault::LateClient => tally.late_client_evictions += 1,
+            Fault::LateClient => {
+                tally.late_client_evictions += 1;
+                if tally.late_evicted.len() < super::report::LATE_KEPT_MAX {
+                    tally.late_evicted.push((i as u64, self.last_left_ns[i]));
+                } else {
+                    tally.late_unkept += 1;
+                }
+            }
         }
     }
 

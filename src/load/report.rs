@@ -19,6 +19,36 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
+/// Late-client evictions a worker keeps for refinement by server events.
+pub const LATE_KEPT_MAX: usize = 100_000;
+
+/// Re-judges late-client evictions by the server's own eviction times
+/// (`evicted_ms`: client id → `ts_ms` of its offline/timeout event, Unix
+/// ms): one whose last send completed less than `timeout_ms` before the
+/// server evicted it was the server's fault after all (the CLOSE only
+/// reached us late). `start_unix_ms` is the run's start on the same clock.
+/// Moves those from `late_client_evictions` to `false_evictions`; returns
+/// how many moved.
+pub fn refine_with_server_events(
+    tally: &mut Tally,
+    evicted_ms: &std::collections::HashMap<u64, u64>,
+    start_unix_ms: u64,
+    timeout_ms: u64,
+) -> u64 {
+    let mut moved = 0;
+    for &(id, left_ns) in &tally.late_evicted {
+        let left_ms = start_unix_ms + left_ns / 1_000_000;
+        if let Some(&ts_ms) = evicted_ms.get(&id) {
+            if ts_ms.saturating_sub(left_ms) < timeout_ms {
+                moved += 1;
+            }
+        }
+    }
+    tally.late_client_evictions -= moved;
+    tally.false_evictions += moved;
+    moved
+}
+
 /// One worker's counts and histograms.
 #[derive(Debug)]
 pub struct Tally {
@@ -48,6 +78,12 @@ pub struct Tally {
     pub false_evictions: u64,
     /// Healthy clients evicted because the load generator sent late.
     pub late_client_evictions: u64,
+    /// Those evictions as (client, last send completed, ns since start),
+    /// at most [`LATE_KEPT_MAX`], for [`refine_with_server_events`]. A
+    /// worker stores its client index; it turns it into the client id.
+    pub late_evicted: Vec<(u64, u64)>,
+    /// Late-client evictions past [`LATE_KEPT_MAX`], not refinable.
+    pub late_unkept: u64,
     /// How late PINGs were queued against their schedule, microseconds.
     pub send_lag_us: Histogram<u64>,
     pub unexpected_disconnects: u64,
@@ -77,6 +113,8 @@ impl Default for Tally {
             silent_evicted: 0,
             false_evictions: 0,
             late_client_evictions: 0,
+            late_evicted: Vec::new(),
+            late_unkept: 0,
             send_lag_us: histogram(),
             unexpected_disconnects: 0,
             server_protocol_errors: 0,
@@ -130,6 +168,8 @@ impl Tally {
         self.silent_evicted += other.silent_evicted;
         self.false_evictions += other.false_evictions;
         self.late_client_evictions += other.late_client_evictions;
+        self.late_evicted.extend_from_slice(&other.late_evicted);
+        self.late_unkept += other.late_unkept;
         let _ = self.send_lag_us.add(&other.send_lag_us);
         self.unexpected_disconnects += other.unexpected_disconnects;
         self.server_protocol_errors += other.server_protocol_errors;
@@ -233,6 +273,27 @@ impl ProgressSum {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_events_move_late_client_evictions_the_server_made_early() {
+        let mut t = Tally {
+            late_client_evictions: 3,
+            // Ids 7, 8, 9 last sent at 1 s, 1 s, 1 s after the start.
+            late_evicted: vec![(7, 1_000_000_000), (8, 1_000_000_000), (9, 1_000_000_000)],
+            ..Tally::default()
+        };
+        let start_ms = 1_700_000_000_000;
+        // The server evicted 7 at 3.999 s (under the 3 s timeout after the
+        // send: its fault), 8 at 4.0 s (a timeout after: not), 9 never logged.
+        let evicted = [(7, start_ms + 3_999), (8, start_ms + 4_000)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            refine_with_server_events(&mut t, &evicted, start_ms, 3_000),
+            1
+        );
+        assert_eq!((t.false_evictions, t.late_client_evictions), (1, 2));
+    }
 
     #[test]
     fn detection_is_judged_against_timeout_and_tick() {

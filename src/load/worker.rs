@@ -139,7 +139,11 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
     let targets: Vec<SocketAddr> = cfg.args.connect.clone();
     w.ring.set_connect_targets(&targets);
     w.run()?;
-    let tally = std::mem::take(&mut w.tally);
+    let mut tally = std::mem::take(&mut w.tally);
+    // Client index → the id its HELLO carried (and the server's events log).
+    for late in &mut tally.late_evicted {
+        late.0 += w.spec.first_client + 1;
+    }
     // The process exits right after: leave sockets and buffers to the
     // kernel instead of tearing down every connection twice.
     std::mem::forget(w);
