@@ -77,6 +77,8 @@ python3 - "$work" "results/detection-$stamp.json" "$(uname -r)" <<'PY'
 import json, sys, time
 work, out, kernel = sys.argv[1], sys.argv[2], sys.argv[3]
 names = ["fixed", "phi", "phi-grace"]
+flags = {"fixed": "--detector fixed", "phi": "--detector phi",
+         "phi-grace": "--detector phi --offline-grace 10s"}
 runs = {n: json.load(open(f"{work}/{n}.json")) for n in names}
 def ms(h, k):
     return "-" if h[k] is None else f"{h[k] / 1000:.2f}"
@@ -98,7 +100,7 @@ for n in names:
     by = runs[n]["detection_quality"]["live"]["by_profile"]
     print(f"  {n}: " + ", ".join(f"{k} {v['false_suspicions']}/{v['client_hours']:.1f}h" for k, v in sorted(by.items())))
 summary = {"tool": "detection.sh", "schema": 1, "kernel": kernel,
-           "phases": {n: {"server_flags": n, "load": runs[n]} for n in names}}
+           "phases": {n: {"server_flags": flags[n], "load": runs[n]} for n in names}}
 json.dump(summary, open(out, "w"), indent=2)
 print(f"\nwrote {out}")
 PY
