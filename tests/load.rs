@@ -60,7 +60,7 @@ fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
         "silent=0.2,reset=0.1,close=0.1,garbage=0.1,dribble=0.1",
     ]);
     assert_eq!(r["tool"], "ringbeat-load");
-    assert_eq!(r["schema"], 2);
+    assert_eq!(r["schema"], 3);
     assert_eq!(r["connected"], 300);
     assert_eq!(r["connect_errors"], 0);
     assert_eq!(r["false_evictions"], 0);
@@ -93,6 +93,65 @@ fn a_small_mixed_run_detects_every_silent_client_and_nobody_else() {
     ] {
         assert!(!r[key].is_null(), "result lacks {key}");
     }
+    stop(server);
+}
+
+/// Phi with an offline grace, judged from the server's events file: every
+/// silent client is suspected and evicted, and every flapper that came back
+/// within the grace is one `resumed` event, not an offline/online pair.
+#[test]
+fn detection_quality_reads_the_server_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let server = start(ringbeat::config::ServeArgs {
+        events: Some(events.clone()),
+        detector: Some(ringbeat::config::Detector::Phi),
+        offline_grace: Some(std::time::Duration::from_millis(1_500)),
+        ..timed_args(IoMode::Auto, 500, 2_500, 50)
+    });
+    let addr = server.local_addrs()[0].to_string();
+    let events_arg = events.to_string_lossy().to_string();
+    let r = run_load(&[
+        "--connect",
+        &addr,
+        "--clients",
+        "200",
+        "--ramp",
+        "1000",
+        "--interval",
+        "500ms",
+        "--timeout",
+        "2500ms",
+        "--tick",
+        "50ms",
+        "--jitter",
+        "2",
+        "--fault-at",
+        "4s",
+        "--duration",
+        "11s",
+        "--hello",
+        "--mix",
+        "silent=0.15",
+        "--flap",
+        "0.2,300ms",
+        "--server-events",
+        &events_arg,
+    ]);
+    let q = &r["detection_quality"];
+    assert_eq!(q["events_unparsed"], 0);
+    let silent = q["silent"]["clients"].as_u64().unwrap();
+    assert!(silent > 10, "{silent}");
+    assert_eq!(q["silent"]["evicted"].as_u64().unwrap(), silent);
+    assert_eq!(q["silent"]["suspected"].as_u64().unwrap(), silent);
+    let evict_p50 = q["silent"]["time_to_evict_ms"]["p50"].as_i64().unwrap();
+    assert!(evict_p50 >= 2_500, "never before the timeout: {evict_p50}");
+    let flap = &q["flap"];
+    let reconnects = flap["reconnects"].as_u64().unwrap();
+    assert!(reconnects > 5, "{flap}");
+    assert_eq!(flap["resumed"].as_u64().unwrap(), reconnects, "{flap}");
+    assert_eq!(flap["offline_online_pairs"], 0, "{flap}");
+    assert!(q["live"]["client_hours"].as_f64().unwrap() > 0.1);
     stop(server);
 }
 

@@ -1,6 +1,7 @@
 //! `ringbeat-load`: simulated heartbeat clients with faults against a
 //! ringbeat server on loopback. Prints a progress line each second, stops by
-//! itself at `--duration`, and writes the result JSON (schema 1).
+//! itself at `--duration`, and writes the result JSON (schema 3; with
+//! `--server-events`, detection quality from the server's events file).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ringbeat::load::args::{LoadArgs, LoadConfig};
+use ringbeat::load::detect;
 use ringbeat::load::report::{Progress, ProgressSum, Tally};
 use ringbeat::load::sample::{self, ProcSample};
 use ringbeat::load::worker::{self, WorkerSpec};
@@ -136,6 +138,7 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
     }
     let start = Instant::now();
     let start_unix_ms = unix_ms();
+    let start_epoch_ms = ringbeat::events::Event::now_ms();
     let stop = Arc::new(AtomicBool::new(false));
     let (progress, handles) = spawn_workers(&config, fast, start, &stop)?;
     let mut watch = Watch {
@@ -178,6 +181,9 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
     let elapsed_s = start.elapsed().as_secs_f64();
     let mut report = build_report(&config, &tally, &watch, elapsed_s);
     report["attribution"] = refined;
+    if let Some(path) = &config.args.server_events {
+        report["detection_quality"] = detection_quality(path, &tally, start_epoch_ms, elapsed_s)?;
+    }
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &config.args.json {
         std::fs::write(path, &text)?;
@@ -185,6 +191,23 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
     }
     println!("{text}");
     Ok(tally.false_evictions == 0 && tally.detection_early == 0)
+}
+
+/// Reads the server's events file and judges detection by it.
+fn detection_quality(
+    path: &std::path::Path,
+    tally: &Tally,
+    start_epoch_ms: u64,
+    elapsed_s: f64,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--server-events {}", path.display()))?;
+    let (events, unparsed) = detect::parse_events(&text, start_epoch_ms);
+    let mut q = detect::analyze(&tally.roster, &events, (elapsed_s * 1e9) as u64);
+    q["events_read"] = events.len().into();
+    q["events_unparsed"] = unparsed.into();
+    Ok(q)
 }
 
 type Handles = Vec<std::thread::JoinHandle<std::io::Result<Tally>>>;
@@ -233,7 +256,7 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
     };
     json!({
         "tool": "ringbeat-load",
-        "schema": 2,
+        "schema": 3,
         "args": {
             "connect": a.connect.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
             "clients": a.clients, "ramp": a.ramp,
@@ -242,6 +265,9 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
             "protocol": format!("{:?}", a.protocol).to_lowercase(),
             "timeout_ms": a.timeout.as_millis() as u64, "tick_ms": a.tick.as_millis() as u64,
             "threads": config.threads, "sources": a.sources,
+            "jitter_ms": a.jitter_ms.map(|(sd, f)| json!({"sd_ms": sd / 1_000_000, "fraction": f64::from(f) / 1e6})),
+            "delay_episodes": a.delay_episodes.map(|(f, p, c)| json!({"fraction": f64::from(f) / 1e6, "max_pause_ms": p / 1_000_000, "chance": c})),
+            "flap": a.flap.map(|(f, g)| json!({"fraction": f64::from(f) / 1e6, "gap_ms": g / 1_000_000})),
         },
         "clients_target": a.clients,
         "connected": t.connected,

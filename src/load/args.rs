@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::clients::{Timing, Wire};
+use super::jitter::JitterModel;
 use super::mix::Mix;
 
 /// Sockets one worker ring holds at most: its fixed-file table is capped by
@@ -87,10 +88,57 @@ pub struct LoadArgs {
     /// Use regular fds instead of direct descriptors (capped by nofile)
     #[arg(long)]
     pub compat: bool,
-    /// The server's --events file: late-client evictions are re-judged by
-    /// the server's own eviction times (needs --hello for client ids)
+    /// Normal jitter on each PING's send time: SD in ms, for a FRACTION of
+    /// the healthy clients (default all); clipped at ±3 SD
+    #[arg(long, value_name = "SD[,FRACTION]", value_parser = super::jitter::parse_jitter_ms)]
+    pub jitter_ms: Option<(u64, u32)>,
+    /// Bursty delay episodes: a FRACTION of healthy clients that, with
+    /// CHANCE per PING (default 0.1), hold their PINGs for a uniform pause
+    /// up to MAXPAUSE, then send the held ones at once
+    #[arg(long, value_name = "FRACTION,MAXPAUSE[,CHANCE]", value_parser = super::jitter::parse_episodes)]
+    pub delay_episodes: Option<(u32, u64, f64)>,
+    /// Network-change reconnects: a FRACTION of clients (pairs of slots
+    /// sharing a client_id; needs --hello) close at their fault time and
+    /// say HELLO again with the same id GAP later
+    #[arg(long, value_name = "FRACTION,GAP", value_parser = super::jitter::parse_flap)]
+    pub flap: Option<(u32, u64)>,
+    /// The server's --events file, read at the end (needs --hello): late
+    /// evictions are re-judged by the server's own eviction times, and
+    /// detection quality is measured (time to suspect and evict, false
+    /// suspicions, flapping)
     #[arg(long, value_name = "PATH")]
     pub server_events: Option<std::path::PathBuf>,
+}
+
+/// The jitter model of the flags, checked: no jittery or bursty PING may
+/// come later than the server's timeout allows.
+fn jitter_model(args: &LoadArgs) -> Result<JitterModel, String> {
+    let (jitter_sd_ns, jittery_ppm) = args.jitter_ms.unwrap_or((0, 0));
+    let (episode_ppm, episode_max_pause_ns, episode_chance) =
+        args.delay_episodes.unwrap_or((0, 0, 0.0));
+    let (flap_ppm, flap_gap_ns) = args.flap.unwrap_or((0, 0));
+    let m = JitterModel {
+        jitter_sd_ns,
+        jittery_ppm,
+        episode_ppm,
+        episode_max_pause_ns,
+        episode_chance,
+        flap_ppm,
+        flap_gap_ns,
+    };
+    if u64::from(jittery_ppm) + u64::from(episode_ppm) > 1_000_000 {
+        return Err("--jitter-ms and --delay-episodes fractions add up to more than 1".into());
+    }
+    let latest = args.interval.as_nanos() as f64 * (1.0 + args.jitter / 100.0);
+    if latest + m.worst_delay_ns() as f64 >= args.timeout.as_nanos() as f64 {
+        return Err(
+            "interval + jitter + 3 × --jitter-ms SD (or the episodes' MAXPAUSE) must stay below --timeout: those clients are meant to be alive".into(),
+        );
+    }
+    if (flap_ppm > 0 || args.server_events.is_some()) && !args.hello {
+        return Err("--flap and --server-events need --hello (client ids)".into());
+    }
+    Ok(m)
 }
 
 /// Checked settings.
@@ -155,6 +203,7 @@ impl LoadConfig {
         if args.protocol == Wire::Mqtt && args.hello {
             return Err("--hello is for ringbeat; MQTT clients always send CONNECT".into());
         }
+        let model = jitter_model(&args)?;
         let sources = (1..=args.sources)
             .map(|i| Ipv4Addr::new(127, 0, 0, i))
             .collect();
@@ -166,6 +215,7 @@ impl LoadConfig {
             server_timeout_ns: args.timeout.as_nanos() as u64,
             server_tick_ns: args.tick.as_nanos() as u64,
             slack_ns: super::report::MEASURE_SLACK_NS + args.batch_wait.as_nanos() as u64,
+            model,
         };
         Ok(LoadConfig {
             args,
@@ -210,6 +260,13 @@ mod tests {
         assert!(parse(&["--mix", "silent=2"]).is_err());
         assert!(parse(&["--protocol", "mqtt", "--timeout", "2s", "--interval", "1s"]).is_err());
         assert!(parse(&["--protocol", "mqtt", "--hello"]).is_err());
+        assert!(parse(&["--flap", "0.1,2s"]).is_err(), "flapping needs ids");
+        assert!(parse(&["--hello", "--flap", "0.1,2s"]).is_ok());
+        let t = ["--interval", "1s", "--timeout", "5s", "--jitter", "0"];
+        assert!(parse(&[&t[..], &["--jitter-ms", "1500"]].concat()).is_err());
+        assert!(parse(&[&t[..], &["--jitter-ms", "300,0.5"]].concat()).is_ok());
+        assert!(parse(&[&t[..], &["--delay-episodes", "0.1,4s"]].concat()).is_err());
+        assert!(parse(&[&t[..], &["--delay-episodes", "0.1,3s"]].concat()).is_ok());
         let mqtt = parse(&["--protocol", "mqtt", "--timeout", "3s", "--interval", "1s"]).unwrap();
         assert_eq!(mqtt.mqtt_keepalive_s, 2);
         let steady = ["--duration", "20s", "--steady-after", "8s"];

@@ -2,6 +2,8 @@
 //! without I/O: what to send when a client is due, and what received bytes
 //! mean. The worker (`worker`) only moves bytes.
 
+use super::detect::RosterEntry;
+use super::jitter::{JitterModel, Profile};
 use super::mix::Scenario;
 use super::mqtt;
 use super::report::Tally;
@@ -56,6 +58,9 @@ pub struct Timing {
     /// Allowance on the detection bound for measuring from this side
     /// (see [`super::report::Tally::detection`]).
     pub slack_ns: u64,
+    /// Jittery, bursty and flapping clients (`--jitter-ms`,
+    /// `--delay-episodes`, `--flap`).
+    pub model: JitterModel,
 }
 
 /// What the worker must do for a client that came due.
@@ -68,6 +73,9 @@ pub enum Due {
     },
     /// Abort the connection (SO_LINGER 0 was set at creation).
     Reset,
+    /// Close the connection (a flapper): the next slot reconnects with
+    /// the same client_id `gap_ns` later.
+    Flap { gap_ns: u64 },
     /// Nothing more, ever (silent, or no longer live).
     Nothing,
 }
@@ -112,6 +120,12 @@ pub struct Clients {
     /// Bytes of the current dribbled PING already sent.
     dribble_pos: Vec<u8>,
     pub send_head: Vec<u32>,
+    /// How each healthy client keeps its schedule ([`JitterModel`]).
+    pub profile: Vec<Profile>,
+    /// PINGs a bursty client held back, sent with its next one.
+    held: Vec<u8>,
+    /// When the connect completed (0 = never).
+    pub connected_ns: Vec<u64>,
 }
 
 impl Clients {
@@ -131,6 +145,9 @@ impl Clients {
             skip: vec![0; n],
             dribble_pos: vec![0; n],
             send_head: vec![crate::conn_table::NONE; n],
+            profile: vec![Profile::Regular; n],
+            held: vec![0; n],
+            connected_ns: vec![0; n],
         }
     }
 
@@ -148,7 +165,8 @@ impl Clients {
         self.state[i] = ClientState::Live;
         self.last_sent_ns[i] = now_ns;
         self.last_left_ns[i] = now_ns;
-        if self.scenario[i] != Scenario::Healthy {
+        self.connected_ns[i] = now_ns;
+        if self.scenario[i] != Scenario::Healthy || self.profile[i] == Profile::FlapFirst {
             self.fault_at_ns[i] = (now_ns + timing.fault_after_ns).max(timing.fault_not_before_ns);
         }
     }
@@ -199,6 +217,12 @@ impl Clients {
                         next_ns: None,
                     };
                 }
+                Scenario::Healthy if self.profile[i] == Profile::FlapFirst => {
+                    self.state[i] = ClientState::Done;
+                    return Due::Flap {
+                        gap_ns: timing.model.flap_gap_ns,
+                    };
+                }
                 Scenario::Healthy | Scenario::Dribble => {}
             }
         }
@@ -211,11 +235,40 @@ impl Clients {
         }
         self.ping_started(i, now_ns, tally);
         let next_ns = next_ping_ns(now_ns, unit, timing);
+        let (extra_ns, held) = timing.model.delay(self.profile[i], next_ns - now_ns, unit);
+        let next_ns = next_ns.saturating_add_signed(extra_ns);
         self.due_ns[i] = next_ns;
+        let mut bytes = self.ping_bytes(now_ns);
+        // A burst: the PINGs held back during the last pause go now too.
+        for _ in 0..std::mem::replace(&mut self.held[i], held.min(255) as u8) {
+            bytes.extend(self.ping_bytes(now_ns));
+        }
         Due::Send {
-            bytes: self.ping_bytes(now_ns),
+            bytes,
             next_ns: Some(next_ns),
         }
+    }
+
+    /// What detection analysis needs of client `c` (`id` is its client_id),
+    /// if it ever connected.
+    pub fn roster_entry(&self, c: u32, id: u64) -> Option<RosterEntry> {
+        let i = c as usize;
+        if self.connected_ns[i] == 0 {
+            return None;
+        }
+        let faulted = self.flags[i] & flag::FAULTED != 0;
+        let silent = self.scenario[i] == Scenario::Silent && faulted;
+        Some(RosterEntry {
+            client_id: id,
+            role: if silent {
+                "silent"
+            } else {
+                self.profile[i].name()
+            },
+            connected_ns: self.connected_ns[i],
+            silent_from_ns: silent.then_some(self.last_sent_ns[i]),
+            flapped: self.profile[i] == Profile::FlapFirst && faulted,
+        })
     }
 
     /// Client `c`'s first PING is scheduled at `at_ns` (its lag counts from there).
@@ -537,6 +590,7 @@ mod tests {
             server_timeout_ns: 3_000_000_000,
             server_tick_ns: 100_000_000,
             slack_ns: crate::load::report::MEASURE_SLACK_NS,
+            model: JitterModel::default(),
         }
     }
 
@@ -653,6 +707,51 @@ mod tests {
         assert_eq!(tally.send_lag_us.len(), 2);
         assert!(tally.send_lag_us.value_at_quantile(1.0) >= 249_000);
         assert!(tally.send_lag_us.min() <= 1);
+    }
+
+    /// Simulated clock: a flapper closes at its fault time (and only then),
+    /// a bursty client's held PINGs go out together after its pause.
+    #[test]
+    fn flappers_flap_once_and_bursty_clients_send_held_pings() {
+        let mut t = timing();
+        t.model = JitterModel {
+            episode_ppm: 1_000_000,
+            episode_max_pause_ns: 2_500_000_000,
+            episode_chance: 1.0,
+            flap_gap_ns: 2_000_000_000,
+            ..JitterModel::default()
+        };
+        let mut tally = Tally::default();
+        let mut c = Clients::new(vec![Scenario::Healthy; 2], Wire::Ringbeat);
+        c.profile = vec![Profile::FlapFirst, Profile::Bursty];
+        c.on_connected(0, 1, &t);
+        c.on_connected(1, 1, &t);
+        assert!(matches!(
+            c.on_due(0, 2_000_000_000, 0.5, &t, &mut tally),
+            Due::Send { .. }
+        ));
+        assert_eq!(
+            c.on_due(0, 3_100_000_000, 0.5, &t, &mut tally),
+            Due::Flap {
+                gap_ns: 2_000_000_000
+            }
+        );
+        assert!(c.roster_entry(0, 1).unwrap().flapped);
+        let ping_len = protocol::ping_frame([0; 8]).len();
+        let mut now_ns = 0;
+        let mut sizes = Vec::new();
+        for k in 0..20 {
+            let unit = (f64::from(k) * 0.137) % 1.0;
+            let Due::Send { bytes, next_ns } = c.on_due(1, now_ns, unit, &t, &mut tally) else {
+                panic!("bursty clients ping");
+            };
+            sizes.push(bytes.len() / ping_len);
+            let gap = next_ns.unwrap() - now_ns;
+            assert!((1_000_000_000..3_500_000_000).contains(&gap), "{gap}");
+            now_ns = next_ns.unwrap();
+        }
+        assert_eq!(sizes[0], 1, "nothing held before the first pause");
+        assert!(sizes[1..].iter().any(|&n| n > 1), "{sizes:?}");
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //! ringbeat server over loopback and measures what a user cares about — RTT,
 //! heartbeats lost, how fast silent peers are detected, false evictions.
 //!
-//! Layout: `mix` (fault scenarios), `args` (flags), `clients` (per-thread
-//! client state and frame handling, sans-IO), `mqtt` (the MQTT 3.1.1 slice
+//! Layout: `mix` (fault scenarios), `jitter` (jittery, bursty and
+//! flapping clients, sans-IO), `args` (flags), `clients` (per-thread
+//! client state and frame handling, sans-IO), `detect` (detection quality
+//! from the server's events file, sans-IO), `mqtt` (the MQTT 3.1.1 slice
 //! for benchmarking a broker), `wheel` (timer wheel),
 //! `report` (counters, histograms, JSON), `sample` (server and kernel
 //! memory/CPU from /proc), `worker` (the io_uring driver, one per thread).
 
 pub mod args;
 pub mod clients;
+pub mod detect;
+pub mod jitter;
 pub mod mix;
 pub mod mqtt;
 pub mod report;

@@ -91,6 +91,9 @@ pub struct Tally {
     /// Receives that ended for lack of buffers (re-armed later).
     pub recv_no_buffers: u64,
     pub closes_by_reason: BTreeMap<&'static str, u64>,
+    /// Every connected client, for `--server-events` analysis (empty
+    /// without it).
+    pub roster: Vec<super::detect::RosterEntry>,
 }
 
 impl Default for Tally {
@@ -120,6 +123,7 @@ impl Default for Tally {
             server_protocol_errors: 0,
             recv_no_buffers: 0,
             closes_by_reason: BTreeMap::new(),
+            roster: Vec::new(),
         }
     }
 }
@@ -177,6 +181,7 @@ impl Tally {
         for (k, v) in &other.closes_by_reason {
             *self.closes_by_reason.entry(k).or_default() += v;
         }
+        self.roster.extend_from_slice(&other.roster);
     }
 
     /// Records one RTT where it belongs (ramp or steady state).
@@ -305,6 +310,7 @@ mod tests {
             server_timeout_ns: 3_000_000_000,
             server_tick_ns: 100_000_000,
             slack_ns: MEASURE_SLACK_NS,
+            model: Default::default(),
         };
         let mut t = Tally::default();
         for ms in [2_999, 3_000, 3_110, 3_111] {

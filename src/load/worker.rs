@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::args::LoadConfig;
 use super::clients::{ClientState, Clients, Due, Reply, Wire};
+use super::jitter::Profile;
 use super::mix::Scenario;
 use super::mqtt;
 use super::report::{Progress, Tally};
@@ -74,6 +75,8 @@ struct Worker {
     /// Receive buffers given back in the current pass of the loop.
     buffers_returned: u32,
     wait: BatchWait,
+    /// Flappers' second slots waiting to connect: (when, slot).
+    reconnects: Vec<(u64, u32)>,
 }
 
 /// Runs a worker until `stop`; returns what it measured.
@@ -92,11 +95,21 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
     let scenarios = (0..u64::from(n))
         .map(|i| cfg.args.mix.scenario_of(spec.first_client + i))
         .collect();
-    let horizon_ns = cfg.timing.interval_ns * 2 + 1_000_000_000;
+    let horizon_ns = cfg.timing.interval_ns * 2
+        + 1_000_000_000
+        + cfg.timing.model.worst_delay_ns()
+        + cfg.timing.model.flap_gap_ns;
+    let mut clients = Clients::new(scenarios, cfg.args.protocol);
+    clients.profile = profiles(&cfg, spec.first_client, n);
+    for (s, p) in clients.scenario.iter_mut().zip(&clients.profile) {
+        if matches!(p, Profile::FlapFirst | Profile::FlapSecond) {
+            *s = Scenario::Healthy;
+        }
+    }
     let mut w = Worker {
         ring,
         fast,
-        clients: Clients::new(scenarios, cfg.args.protocol),
+        clients,
         wheel: Wheel::new(WHEEL_SLOT.as_nanos() as u64, horizon_ns, 0),
         fds: if fast {
             Vec::new()
@@ -127,6 +140,7 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
             },
             WHEEL_SLOT.as_micros() as u64,
         ),
+        reconnects: Vec::new(),
         spec,
     };
     // Compat: Ring::new queued PROVIDE_BUFFERS, and the connect targets may
@@ -142,7 +156,12 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
     let mut tally = std::mem::take(&mut w.tally);
     // Client index → the id its HELLO carried (and the server's events log).
     for late in &mut tally.late_evicted {
-        late.0 += w.spec.first_client + 1;
+        late.0 = w.client_id(late.0 as u32);
+    }
+    if cfg.args.server_events.is_some() {
+        tally.roster = (0..n)
+            .filter_map(|c| w.clients.roster_entry(c, w.client_id(c)))
+            .collect();
     }
     // The process exits right after: leave sockets and buffers to the
     // kernel instead of tearing down every connection twice.
@@ -150,7 +169,31 @@ pub fn run(spec: WorkerSpec, fast: bool) -> std::io::Result<Tally> {
     Ok(tally)
 }
 
+/// Profiles of this worker's clients; a flapper pair cut by the worker's
+/// range becomes regular.
+fn profiles(cfg: &LoadConfig, first: u64, n: u32) -> Vec<Profile> {
+    let mut p: Vec<Profile> = (0..u64::from(n))
+        .map(|i| cfg.timing.model.profile_of(first + i))
+        .collect();
+    if p.first() == Some(&Profile::FlapSecond) {
+        p[0] = Profile::Regular;
+    }
+    if p.last() == Some(&Profile::FlapFirst) {
+        p[n as usize - 1] = Profile::Regular;
+    }
+    p
+}
+
 impl Worker {
+    /// Client `c`'s client_id: a flapper's second slot reuses the first's.
+    fn client_id(&self, c: u32) -> u64 {
+        let id = self.spec.first_client + u64::from(c) + 1;
+        match self.clients.profile[c as usize] {
+            Profile::FlapSecond => id - 1,
+            _ => id,
+        }
+    }
+
     fn now_ns(&self) -> u64 {
         self.spec.start.elapsed().as_nanos() as u64
     }
@@ -232,9 +275,28 @@ impl Worker {
         if self.next_connect == self.spec.count && self.connecting == 0 {
             self.tally.steady = true;
         }
+        let mut i = 0;
+        while i < self.reconnects.len() {
+            if self.reconnects[i].0 <= now_ns {
+                let (_, c) = self.reconnects.swap_remove(i);
+                self.try_connect(c);
+            } else {
+                i += 1;
+            }
+        }
         while self.next_connect < allowed && self.connecting < CONNECTING_MAX {
             let c = self.next_connect;
             self.next_connect += 1;
+            // A flapper's second slot connects when its first one flaps.
+            if self.clients.profile[c as usize] != Profile::FlapSecond {
+                self.try_connect(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn try_connect(&mut self, c: u32) {
+        {
             if let Err(e) = self.connect(c) {
                 if self.tally.connect_errors == 0 {
                     eprintln!("ringbeat-load: worker {}: connect: {e}", self.spec.id);
@@ -243,7 +305,6 @@ impl Worker {
                 self.clients.state[c as usize] = ClientState::Done;
             }
         }
-        Ok(())
     }
 
     fn connect(&mut self, c: u32) -> std::io::Result<()> {
@@ -312,7 +373,7 @@ impl Worker {
         let timing = self.spec.config.timing;
         self.clients.on_connected(c, now_ns, &timing);
         self.ring.recv(self.fd(c), c, GENERATION, self.fast)?;
-        let id = self.spec.first_client + u64::from(c) + 1;
+        let id = self.client_id(c);
         match self.spec.config.args.protocol {
             Wire::Mqtt => {
                 let keepalive_s = self.spec.config.mqtt_keepalive_s;
@@ -414,6 +475,10 @@ impl Worker {
                     }
                 }
                 Due::Reset => self.close_client(c)?,
+                Due::Flap { gap_ns } => {
+                    self.close_client(c)?;
+                    self.reconnects.push((now_ns + gap_ns, c + 1));
+                }
                 Due::Nothing => {}
             }
         }
