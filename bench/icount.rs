@@ -133,22 +133,8 @@ impl World {
         let shards = (0..SHARDS)
             .map(|shard| {
                 let cfg = EngineConfig {
-                    shard,
-                    shards: SHARDS,
-                    timing: timing(),
-                    max_payload: protocol::DEFAULT_MAX_PAYLOAD,
-                    probe: false,
-                    max_connections: u32::MAX,
                     shard_limit: slots - 8,
-                    events: false,
-                    multishot_recv: true,
-                    auth: None,
-                    per_ip: None,
-                    takeovers_per_min: 0,
-                    offline_grace_ticks: 0,
-                    max_ping_rate: 0,
-                    phi_threshold: None,
-                    proxy_protocol: false,
+                    ..EngineConfig::new(shard, SHARDS, timing(), slots)
                 };
                 let table = ConnTable::new(slots, false, 1);
                 let e = Engine::new(

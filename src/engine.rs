@@ -133,6 +133,33 @@ pub struct EngineConfig {
     pub proxy_protocol: bool,
 }
 
+impl EngineConfig {
+    /// Shard `shard` of `shards` on `timing` with `slots` slots: default
+    /// payload limit, no events, multishot receives, and every optional
+    /// feature off (auth, limits, grace, phi, PROXY). Callers set what they
+    /// need with struct update syntax.
+    pub fn new(shard: u16, shards: u16, timing: Timing, slots: u32) -> EngineConfig {
+        EngineConfig {
+            shard,
+            shards,
+            timing,
+            max_payload: protocol::DEFAULT_MAX_PAYLOAD,
+            probe: false,
+            max_connections: u32::MAX,
+            shard_limit: slots,
+            events: false,
+            multishot_recv: true,
+            auth: None,
+            per_ip: None,
+            takeovers_per_min: 0,
+            offline_grace_ticks: 0,
+            max_ping_rate: 0,
+            phi_threshold: None,
+            proxy_protocol: false,
+        }
+    }
+}
+
 /// One shard's protocol state.
 #[derive(Debug)]
 pub struct Engine {

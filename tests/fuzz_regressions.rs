@@ -23,22 +23,9 @@ fn engine() -> Engine {
         max_interval_ms: 60_000,
     };
     let cfg = EngineConfig {
-        shard: 0,
-        shards: 1,
-        timing,
-        max_payload: 1024,
-        probe: false,
         max_connections: 100,
         shard_limit: 6,
-        events: false,
-        multishot_recv: true,
-        auth: None,
-        per_ip: None,
-        takeovers_per_min: 0,
-        offline_grace_ticks: 0,
-        max_ping_rate: 0,
-        phi_threshold: None,
-        proxy_protocol: false,
+        ..EngineConfig::new(0, 1, timing, 8)
     };
     let stats = Stats::new().for_shard(0);
     let table = ConnTable::new(8, false, 1);

@@ -223,23 +223,12 @@ pub struct Shard {
 impl Shard {
     fn new(shard: u16, live_total: Arc<AtomicU32>, stats: &Stats) -> Shard {
         let cfg = EngineConfig {
-            shard,
-            shards: SHARDS,
-            timing: timing(),
             max_payload: MAX_PAYLOAD,
-            probe: false,
             // Below the slots of both shards: OVERLOADED is reached.
             max_connections: SLOTS * u32::from(SHARDS) - 4,
             shard_limit: SLOTS - 2,
             events: true,
-            multishot_recv: true,
-            auth: None,
-            per_ip: None,
-            takeovers_per_min: 0,
-            offline_grace_ticks: 0,
-            max_ping_rate: 0,
-            phi_threshold: None,
-            proxy_protocol: false,
+            ..EngineConfig::new(shard, SHARDS, timing(), SLOTS)
         };
         let table = ConnTable::new(SLOTS, true, 1);
         let e = Engine::new(

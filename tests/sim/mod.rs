@@ -102,22 +102,11 @@ impl Sim {
     ) -> Sim {
         let stats = Arc::new(Stats::new());
         let mut cfg = EngineConfig {
-            shard,
-            shards,
-            timing,
-            max_payload: 1024,
             probe,
             max_connections: max,
             shard_limit: SLOTS - 4,
             events: true,
-            multishot_recv: true,
-            auth: None,
-            per_ip: None,
-            takeovers_per_min: 0,
-            offline_grace_ticks: 0,
-            max_ping_rate: 0,
-            phi_threshold: None,
-            proxy_protocol: false,
+            ..EngineConfig::new(shard, shards, timing, SLOTS)
         };
         tune(&mut cfg);
         let e = Engine::new(
