@@ -54,8 +54,12 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t" "seeds/$t"
   echo "== fuzz $t"
   if [ $SMOKE -eq 1 ]; then
-    # A build cut short keeps what it finished for the next smoke.
-    timeout "$(left_s)" nice -n 10 cargo fuzz build -s none -a "$t" || skip "the build of $t did not finish within the budget"
+    # A build cut short keeps what it finished for the next smoke; a build
+    # that fails is a failure (it once hid a target that no longer compiled).
+    build_rc=0
+    timeout "$(left_s)" nice -n 10 cargo fuzz build -s none -a "$t" || build_rc=$?
+    [ $build_rc -eq 124 ] && skip "the build of $t did not finish within the budget"
+    [ $build_rc -eq 0 ] || { echo "fuzz: the build of $t FAILED (exit $build_rc)" >&2; exit 1; }
     SECONDS_PER_TARGET=$(($(left_s) / (${#TARGETS[@]} - ${done_targets:-0})))
     [ "$SECONDS_PER_TARGET" -gt 45 ] && SECONDS_PER_TARGET=45
     [ "$SECONDS_PER_TARGET" -ge 10 ] || skip "less than 10 s left for $t"
