@@ -48,7 +48,7 @@ pub struct Holding {
 /// What to do with the directory when a local connection goes offline.
 #[derive(Debug, PartialEq, Eq)]
 pub enum OfflineAction {
-    /// Delete the key, expecting this revision (0: unconditional is unsafe,
+    /// Delete the key, expecting this revision (0: unconditional would race a newer writer,
     /// so nothing was written yet and nothing is deleted).
     Delete { revision: u64 },
     /// The key is not ours (another session of ours or another node now
