@@ -104,10 +104,20 @@ impl Nats {
     /// Stops the server and starts it again on the same port with an
     /// empty store (the worst case: every bucket is gone).
     fn restart_empty(&mut self, down_for: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         std::thread::sleep(down_for);
         self.store = tempfile::tempdir().unwrap();
+        self.resume();
+    }
+
+    /// The outage begins: the server is gone, the store stays.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The outage ends: the same port, the store as it was left.
+    fn resume(&mut self) {
         self.child = Self::spawn(&self.bin, self.port, &self.store);
     }
 }
@@ -624,4 +634,265 @@ fn a_hello_flood_is_refused_and_counted_while_an_honest_client_gets_in() {
     let entry = query::get(&nats.url(), 42).unwrap().expect("written");
     assert_eq!(entry.session, 4242);
     node.take_handle().shutdown();
+}
+
+/// `ringbeat serve` in cluster mode as a child process (its own descriptor
+/// table and its own death: SIGKILL ends it without a word to NATS).
+fn child_node(nats: &Nats, node: &str, lease: &str) -> common::child::Running {
+    let url = nats.url();
+    common::child::spawn_server(&[
+        "--cluster",
+        &url,
+        "--node-id",
+        node,
+        "--cluster-lease",
+        lease,
+        "--interval",
+        "2s",
+        "--timeout",
+        "30s",
+        "--max-connections",
+        "4096",
+    ])
+}
+
+/// One PING from every peer: the clients stay honest heartbeaters. The
+/// PONGs are left unread (a few bytes each in the socket buffer).
+fn heartbeat(peers: &mut [common::Peer], round: u64) {
+    for p in peers {
+        p.ping(round);
+    }
+}
+
+/// kill -9 of a real node process holding 1,000 clients, with two real
+/// survivors: within the lease plus a tick (plus slack for this loaded
+/// box) the directory holds none of them, and exactly one `offline` with
+/// reason `node_lost` was published per client, by one survivor only.
+#[test]
+fn kill_9_of_a_real_node_reaps_its_clients_once() {
+    let Some(nats) = Nats::start() else { return };
+    let lease = Duration::from_secs(3);
+    let mut nodes: Vec<common::child::Running> = ["killed", "survivor1", "survivor2"]
+        .iter()
+        .map(|n| child_node(&nats, n, "3s"))
+        .collect();
+    let ids = 30_001..=31_000u64;
+    let mut peers: Vec<common::Peer> = Vec::with_capacity(1000);
+    for id in ids.clone() {
+        let mut p = common::Peer::connect(nodes[0].listen);
+        p.hello(id, 2000);
+        peers.push(p);
+    }
+    for p in &mut peers {
+        p.expect_welcome();
+    }
+    let url = nats.url();
+    let mut round = 0;
+    wait_until("1,000 in the directory", Duration::from_secs(120), || {
+        round += 1;
+        if round % 50 == 0 {
+            heartbeat(&mut peers, round);
+        }
+        query::count(&url).is_ok_and(|n| n == 1000)
+    });
+    let consumer = Consumer::start(&url);
+    let mut victim = nodes.remove(0);
+    victim.child.kill().expect("SIGKILL");
+    let _ = victim.child.wait();
+    let took = wait_until("directory empty", lease + Duration::from_secs(15), || {
+        query::count(&url).is_ok_and(|n| n == 0)
+    });
+    eprintln!("a real node killed with 1,000 clients: reaped in {took:?} (lease {lease:?})");
+    // One lease, one check period (lease/10), and 5 s for this loaded box.
+    assert!(took <= lease + Duration::from_secs(5), "reaped in {took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut lost: HashMap<u64, u32> = HashMap::new();
+    for e in consumer.events() {
+        let id = e["client_id"].as_u64().unwrap();
+        assert!(ids.contains(&id), "an event for a stranger: {e}");
+        assert_eq!(e["event"], "offline", "{e}");
+        assert_eq!(e["reason"], "node_lost", "{e}");
+        assert_eq!(e["node"], "killed", "{e}");
+        *lost.entry(id).or_default() += 1;
+    }
+    assert_eq!(lost.len(), 1000, "a node_lost for every client");
+    let twice: Vec<_> = lost.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(twice.is_empty(), "published more than once: {twice:?}");
+    let reaped: u64 = nodes
+        .iter()
+        .map(|n| common::child::child_metric(n.metrics, "ringbeat_cluster_reaped_total"))
+        .sum();
+    assert_eq!(reaped, 1000, "the survivors' reaped counters");
+}
+
+fn outage_node(nats: &Nats, i: usize, outage: OutageMode) -> Server {
+    common::start(ServeArgs {
+        cluster: Some(nats.url()),
+        node_id: Some(format!("real{i}")),
+        cluster_lease: Some(Duration::from_secs(3)),
+        cluster_outage: Some(outage),
+        ..common::args(IoMode::Auto)
+    })
+}
+
+fn wait_connected(servers: &[Server], want: u64) {
+    for s in servers {
+        wait_until("cluster connection", Duration::from_secs(30), || {
+            common::metric(s.stats(), "ringbeat_cluster_connected") == want
+        });
+    }
+}
+
+/// The peer still holds its connection: a PING is answered.
+fn alive(p: &mut common::Peer, value: u64) {
+    p.ping(value);
+    p.expect_pong(value);
+}
+
+/// `--cluster-outage local`: while NATS is away two nodes each grant a
+/// HELLO with the same id; when NATS is back the reconcile closes exactly
+/// one of them with CLOSE(TAKEN_OVER) and the directory names the other.
+#[test]
+fn outage_local_grants_both_and_the_reconcile_keeps_one() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let servers: Vec<Server> = (0..2)
+        .map(|i| outage_node(&nats, i, OutageMode::Local))
+        .collect();
+    wait_connected(&servers, 1);
+    nats.stop();
+    wait_connected(&servers, 0);
+    let id = 7_007;
+    let mut peers: Vec<common::Peer> = (0..2)
+        .map(|i| {
+            let mut p = common::Peer::connect(servers[i].local_addrs()[0]);
+            p.hello(id, 10_000);
+            p
+        })
+        .collect();
+    let sessions: Vec<u64> = peers.iter_mut().map(|p| p.expect_welcome().0).collect();
+    for (i, p) in peers.iter_mut().enumerate() {
+        alive(p, i as u64);
+    }
+    nats.resume();
+    wait_connected(&servers, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let outcomes: Vec<Option<u16>> = peers.iter_mut().map(settled).collect();
+    let survivors: Vec<usize> = (0..2).filter(|&i| outcomes[i].is_none()).collect();
+    assert_eq!(survivors.len(), 1, "outcomes: {outcomes:?}");
+    let loser = 1 - survivors[0];
+    assert_eq!(outcomes[loser], Some(CloseReason::TakenOver as u16));
+    let winner = survivors[0];
+    alive(&mut peers[winner], 99);
+    let entry = query::get(&nats.url(), id).unwrap().expect("held");
+    assert_eq!(
+        (entry.node, entry.session),
+        (format!("real{winner}"), sessions[winner])
+    );
+    let out = common::metric(
+        servers[loser].stats(),
+        "ringbeat_cluster_takeovers_total{direction=\"out\"}",
+    );
+    assert_eq!(out, 1, "the loser counted its takeover");
+    for s in servers {
+        common::stop(s);
+    }
+}
+
+/// `--cluster-outage refuse` (the default): a HELLO with an id while NATS
+/// is away is closed with CLOSE(LIMITED) and counted; an anonymous client
+/// and a client connected before the outage keep working.
+#[test]
+fn outage_refuse_closes_a_hello_with_an_id_and_counts_it() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let server = outage_node(&nats, 0, OutageMode::Refuse);
+    let servers = [server];
+    wait_connected(&servers, 1);
+    let addr = servers[0].local_addrs()[0];
+    let mut before = common::Peer::connect(addr);
+    before.hello(11, 10_000);
+    before.expect_welcome();
+    wait_until("held before the outage", Duration::from_secs(20), || {
+        query::count(&nats.url()).is_ok_and(|n| n == 1)
+    });
+    nats.stop();
+    wait_connected(&servers, 0);
+    let mut refused = common::Peer::connect(addr);
+    refused.hello(12, 10_000);
+    refused.expect_welcome();
+    refused.expect_close(CloseReason::Limited as u16);
+    let stats = servers[0].stats();
+    assert_eq!(
+        common::metric(stats, "ringbeat_cluster_claims_refused_total"),
+        1
+    );
+    let mut anonymous = common::Peer::connect(addr);
+    anonymous.hello(0, 10_000);
+    anonymous.expect_welcome();
+    alive(&mut anonymous, 1);
+    alive(&mut before, 2);
+    nats.resume();
+    wait_connected(&servers, 1);
+    let mut after = common::Peer::connect(addr);
+    after.hello(12, 10_000);
+    let (session, ..) = after.expect_welcome();
+    wait_until("granted once NATS is back", Duration::from_secs(20), || {
+        query::get(&nats.url(), 12)
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.session == session)
+    });
+    alive(&mut before, 3);
+    let [server] = servers;
+    common::stop(server);
+}
+
+/// NATS restarts (empty store) while three real servers hold clients: no
+/// client is disconnected, the directory is whole again within a lease,
+/// and a consumer sees no online/offline for the unchanged clients.
+#[test]
+fn real_servers_survive_a_nats_restart() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let lease = Duration::from_secs(3);
+    let servers: Vec<Server> = (0..3).map(|i| real_node(&nats, i)).collect();
+    let url = nats.url();
+    let mut peers: Vec<(u64, u64, common::Peer)> = (1..=30u64)
+        .map(|id| {
+            let mut p = common::Peer::connect(servers[id as usize % 3].local_addrs()[0]);
+            p.hello(id, 10_000);
+            (id, 0, p)
+        })
+        .collect();
+    for (_, session, p) in &mut peers {
+        *session = p.expect_welcome().0;
+    }
+    wait_until("30 in the directory", Duration::from_secs(60), || {
+        query::count(&url).is_ok_and(|n| n == 30)
+    });
+    let consumer = Consumer::start(&url);
+    nats.restart_empty(Duration::from_millis(500));
+    let took = wait_until("directory whole", lease * 5, || {
+        query::count(&url).is_ok_and(|n| n == 30)
+    });
+    eprintln!("real servers: directory whole {took:?} after NATS came back (lease {lease:?})");
+    assert!(took <= lease, "not within a lease: {took:?}");
+    for (id, session, _) in &peers {
+        let entry = query::get(&url, *id).unwrap().expect("present");
+        assert_eq!(entry.node, format!("real{}", id % 3));
+        assert_eq!(entry.session, *session);
+    }
+    std::thread::sleep(lease + Duration::from_secs(1));
+    for (id, _, p) in &mut peers {
+        alive(p, *id);
+    }
+    assert_eq!(consumer.events(), Vec::<serde_json::Value>::new());
+    assert_eq!(query::count(&url).unwrap(), 30, "no node was reaped");
+    for s in servers {
+        common::stop(s);
+    }
 }
