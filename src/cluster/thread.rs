@@ -647,33 +647,50 @@ async fn resync(sh: &Shared) {
     }
 }
 
+/// Re-asserts one holding, re-reading after a lost `create` (another node
+/// reconciling the same id at the same moment): the entry that got there
+/// first wins and ours is closed. Rounds spent: counted as dropped.
 async fn reassert(sh: &Shared, client_id: u64, h: Holding) {
     let key = presence_key(client_id);
-    let Ok(current) = sh.presence.entry(&key).await else {
-        return;
-    };
-    let live = current.filter(|e| e.operation == Operation::Put);
-    match live {
-        None => {
-            if let Ok(rev) = sh.presence.create(&key, h.entry.to_bytes()).await {
-                sh.metrics.directory_writes.inc();
-                sh.state().holdings.set_revision(client_id, h.session, rev);
-            }
+    for round in 0..CLAIM_ATTEMPTS {
+        if round > 0 {
+            let backoff_ms = (20 * u64::from(round)).min(300);
+            tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
         }
-        Some(e) => {
-            let theirs = Entry::from_bytes(&e.value);
-            let ours = theirs
-                .as_ref()
-                .is_some_and(|t| t.node == sh.cfg.node && t.session == h.session);
-            if ours {
-                sh.state()
-                    .holdings
-                    .set_revision(client_id, h.session, e.revision);
-            } else {
-                sh.state().holdings.kicked(client_id);
-                sh.hooks.kick(client_id, None);
-                sh.metrics.takeover(false);
-            }
+        if reassert_once(sh, client_id, &key, &h).await {
+            return;
         }
     }
+    sh.metrics.dropped.inc();
+    tracing::debug!(client_id, "cluster resync: rounds spent re-asserting");
+}
+
+/// One read and at most one write; `false` when the round must be repeated.
+async fn reassert_once(sh: &Shared, client_id: u64, key: &str, h: &Holding) -> bool {
+    let Ok(current) = sh.presence.entry(key).await else {
+        return false;
+    };
+    let live = current.filter(|e| e.operation == Operation::Put);
+    let Some(e) = live else {
+        let Ok(rev) = sh.presence.create(key, h.entry.to_bytes()).await else {
+            return false;
+        };
+        sh.metrics.directory_writes.inc();
+        sh.state().holdings.set_revision(client_id, h.session, rev);
+        return true;
+    };
+    let theirs = Entry::from_bytes(&e.value);
+    let ours = theirs
+        .as_ref()
+        .is_some_and(|t| t.node == sh.cfg.node && t.session == h.session);
+    if ours {
+        sh.state()
+            .holdings
+            .set_revision(client_id, h.session, e.revision);
+    } else {
+        sh.state().holdings.kicked(client_id);
+        sh.hooks.kick(client_id, None);
+        sh.metrics.takeover(false);
+    }
+    true
 }
