@@ -98,6 +98,16 @@ pub trait TokenCheck: Send + Sync + std::fmt::Debug {
     fn verify(&self, client_id: u64, token: &[u8], now_unix_s: u64) -> bool;
 }
 
+/// Most cluster kicks one home shard keeps waiting for their evictions.
+pub const KICK_WAITS_MAX: usize = 4096;
+
+/// Hears when a cluster kick ([`ToHome::Kick`]) is done: the local holder's
+/// close with TAKEN_OVER is decided (or there was none). Implemented by
+/// `cluster::hooks::KickWaits`.
+pub trait KickAck: Send + Sync + std::fmt::Debug {
+    fn kicked(&self, ticket: u64);
+}
+
 /// Fixed settings of one shard's engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -118,6 +128,8 @@ pub struct EngineConfig {
     pub multishot_recv: bool,
     /// HELLO tokens are read and checked (`--auth`).
     pub auth: Option<Arc<dyn TokenCheck>>,
+    /// Cluster mode: told when a kick's eviction is decided.
+    pub kick_ack: Option<Arc<dyn KickAck>>,
     /// Connections per source address (`--max-conns-per-ip`).
     pub per_ip: Option<Arc<PerIpLimit>>,
     /// Takeovers of one `client_id` allowed per minute (burst
@@ -150,6 +162,7 @@ impl EngineConfig {
             events: false,
             multishot_recv: true,
             auth: None,
+            kick_ack: None,
             per_ip: None,
             takeovers_per_min: 0,
             offline_grace_ticks: 0,
@@ -168,6 +181,9 @@ pub struct Engine {
     stash: Stash,
     hellos: HelloPool,
     registry: Registry,
+    /// Cluster kicks waiting for their eviction: (client_id, ticket), at
+    /// most [`KICK_WAITS_MAX`] (past it the oldest is answered at once).
+    kick_waits: Vec<(u64, u64)>,
     grace: grace::Grace,
     ping_guard: Option<guard::PingGuard>,
     phi: Option<phi::Phi>,
@@ -217,6 +233,7 @@ impl Engine {
             table,
             hellos,
             registry: Registry::new(refill_ticks),
+            kick_waits: Vec::new(),
             grace: grace::Grace::default(),
             ping_guard,
             phi,
@@ -598,8 +615,16 @@ impl Engine {
             ToHome::Claim { client_id, holder } => {
                 self.registry.claim(client_id, holder, self.now_tick)
             }
-            ToHome::Evicted { client_id } => self.registry.evicted(client_id),
-            ToHome::Kick { client_id } => self.registry.kick(client_id),
+            ToHome::Evicted { client_id } => {
+                let out = self.registry.evicted(client_id);
+                self.answer_kicks(client_id);
+                out
+            }
+            ToHome::Kick { client_id, ticket } => {
+                let out = self.registry.kick(client_id);
+                self.wait_for_kick(client_id, ticket);
+                out
+            }
             ToHome::Release {
                 client_id,
                 holder,
@@ -624,6 +649,38 @@ impl Engine {
             }
             self.message(to, ShardMsg::Holder(msg));
         }
+    }
+
+    /// A kick's ticket is answered once no eviction of `client_id` is in
+    /// flight: at once when there was no holder to evict.
+    fn wait_for_kick(&mut self, client_id: u64, ticket: u64) {
+        if ticket == 0 {
+            return;
+        }
+        if self.kick_waits.len() == KICK_WAITS_MAX {
+            let (_, oldest) = self.kick_waits.remove(0);
+            if let Some(ack) = &self.cfg.kick_ack {
+                ack.kicked(oldest);
+            }
+        }
+        self.kick_waits.push((client_id, ticket));
+        self.answer_kicks(client_id);
+    }
+
+    fn answer_kicks(&mut self, client_id: u64) {
+        if self.kick_waits.is_empty() || self.registry.evicting(client_id) {
+            return;
+        }
+        let Some(ack) = self.cfg.kick_ack.clone() else {
+            self.kick_waits.clear();
+            return;
+        };
+        self.kick_waits.retain(|&(id, ticket)| {
+            if id == client_id {
+                ack.kicked(ticket);
+            }
+            id != client_id
+        });
     }
 
     /// A message for the shard of a connection that holds (or asked for) a

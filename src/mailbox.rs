@@ -48,8 +48,10 @@ pub enum ToHome {
     /// A holder the home shard asked to evict is closed (or already was).
     Evicted { client_id: u64 },
     /// Cluster mode: another node took `client_id`; evict the local holder
-    /// with CLOSE(TAKEN_OVER) (src/cluster/hooks.rs sends it).
-    Kick { client_id: u64 },
+    /// with CLOSE(TAKEN_OVER) (src/cluster/hooks.rs sends it). `ticket`
+    /// (0: none) is answered through [`crate::engine::KickAck`] once the
+    /// holder's close is decided, so the remote node is granted only then.
+    Kick { client_id: u64, ticket: u64 },
 }
 
 /// To the shard of a connection that holds (or asked for) a `client_id`.

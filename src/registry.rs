@@ -157,6 +157,11 @@ impl Registry {
         self.holder(client_id).is_some_and(|h| h != holder)
     }
 
+    /// Whether an eviction of `client_id`'s holder is not yet acknowledged.
+    pub fn evicting(&self, client_id: u64) -> bool {
+        self.entries.get(&client_id).is_some_and(|e| e.evicting > 0)
+    }
+
     /// The newest claimant of `client_id`.
     pub fn holder(&self, client_id: u64) -> Option<Holder> {
         self.entries.get(&client_id).and_then(|e| e.holder)

@@ -14,11 +14,11 @@ use crossbeam_channel::Receiver;
 use socket2::{Domain, Socket, TcpKeepalive, Type};
 
 use crate::auth::{AuthError, AuthMode, AuthStats, Authenticator};
-use crate::cluster::hooks::MailboxHooks;
+use crate::cluster::hooks::{KickWaits, MailboxHooks};
 use crate::cluster::{ClusterHandle, ClusterMetrics};
 use crate::config::{Config, IoMode};
 use crate::conn_table::{ConnTable, SLOTS_MAX};
-use crate::engine::{Engine, EngineConfig, TokenCheck};
+use crate::engine::{Engine, EngineConfig, KickAck, TokenCheck};
 use crate::events::{self, Event, EventSender};
 use crate::heartbeat::Timing;
 use crate::mailbox::{Peers, ShardMsg};
@@ -293,9 +293,10 @@ impl Server {
             .map(|_| ring::eventfd())
             .collect::<Result<Vec<_>, _>>()?;
         let peers = Arc::new(Peers::new(senders, wakers));
+        let kick_waits = Arc::new(KickWaits::default());
         let cluster = match (&config.cluster, cluster_metrics) {
             (Some(c), Some(metrics)) => {
-                let hooks = Arc::new(MailboxHooks::new(peers.clone()));
+                let hooks = Arc::new(MailboxHooks::new(peers.clone(), kick_waits.clone()));
                 let handle = ClusterHandle::start(c.clone(), hooks, metrics)
                     .context("cannot join the cluster")?;
                 tracing::info!(node = %c.node, url = %c.url, "cluster mode");
@@ -316,6 +317,7 @@ impl Server {
             auth: (auth.mode() != AuthMode::Off).then_some(&auth),
             events: &events,
             cluster: &cluster,
+            kick_waits: &kick_waits,
             stats: &stats,
             live_total: Arc::new(AtomicU32::new(0)),
             start: Instant::now(),
@@ -417,6 +419,7 @@ struct Shared<'a> {
     auth: Option<&'a Authenticator>,
     events: &'a Option<EventSender>,
     cluster: &'a Option<Arc<ClusterHandle>>,
+    kick_waits: &'a Arc<KickWaits>,
     stats: &'a Arc<Stats>,
     live_total: Arc<AtomicU32>,
     start: Instant,
@@ -494,6 +497,10 @@ fn shard_spec(
             auth: shared
                 .auth
                 .map(|a| Arc::new(ShardAuth(a.clone())) as Arc<dyn TokenCheck>),
+            kick_ack: shared
+                .cluster
+                .is_some()
+                .then(|| shared.kick_waits.clone() as Arc<dyn KickAck>),
             per_ip: shared.per_ip.clone(),
             takeovers_per_min: config.max_takeovers_per_min,
             max_ping_rate: config.max_ping_rate,

@@ -233,7 +233,11 @@ impl FakeNode {
 }
 
 impl NodeHooks for FakeNode {
-    fn kick(&self, client_id: u64, keep_session: Option<u64>) {
+    fn kick(
+        &self,
+        client_id: u64,
+        keep_session: Option<u64>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let gone = {
             let mut l = self.local.lock().unwrap();
             l.kicks += 1;
@@ -249,6 +253,7 @@ impl NodeHooks for FakeNode {
         if let Some(session) = gone {
             self.offline(client_id, session, OfflineReason::TakenOver);
         }
+        None // decided at once
     }
 
     fn claim_done(&self, _client_id: u64, ticket: ClaimTicket, granted: bool) {

@@ -317,6 +317,59 @@ fn takeover_across_shards_closes_the_older_with_taken_over() {
     ));
 }
 
+/// Records the kick tickets the engine answers.
+#[derive(Debug, Default)]
+struct Acks(std::sync::Mutex<Vec<u64>>);
+
+impl ringbeat::engine::KickAck for Acks {
+    fn kicked(&self, ticket: u64) {
+        self.0.lock().unwrap().push(ticket);
+    }
+}
+
+#[test]
+fn a_cluster_kick_is_answered_only_once_the_holder_is_closed() {
+    use ringbeat::mailbox::ToHome;
+    let acks = Arc::new(Acks::default());
+    let shards = (0..2)
+        .map(|id| {
+            let ack = acks.clone() as Arc<dyn ringbeat::engine::KickAck>;
+            Sim::with(id, 2, timing(10_000, 30_000), false, 1000, 256, |c| {
+                c.kick_ack = Some(ack)
+            })
+        })
+        .collect();
+    let mut c = Cluster { shards };
+    // An id whose home is shard 1, held on shard 0: the eviction crosses.
+    let id = (1..)
+        .find(|&id| ringbeat::registry::home_shard(id, 2) == 1)
+        .unwrap();
+    c.shards[0].open(0);
+    c.shards[0].recv(0, &protocol::hello_frame(id, 0));
+    c.deliver_all();
+    c.shards[1].deliver(ShardMsg::Home(ToHome::Kick {
+        client_id: id,
+        ticket: 7,
+    }));
+    c.shards[1].settle();
+    assert!(
+        acks.0.lock().unwrap().is_empty(),
+        "answered before the holder's close"
+    );
+    c.deliver_all();
+    assert_eq!(
+        close_reason(&c.shards[0].frames(0)),
+        Some(CloseReason::TakenOver.code())
+    );
+    assert_eq!(*acks.0.lock().unwrap(), [7]);
+    // No holder: nothing to wait for.
+    c.shards[1].deliver(ShardMsg::Home(ToHome::Kick {
+        client_id: id,
+        ticket: 8,
+    }));
+    assert_eq!(*acks.0.lock().unwrap(), [7, 8]);
+}
+
 #[test]
 fn anonymous_clients_never_take_each_other_over() {
     let mut c = Cluster::new(2);

@@ -4,9 +4,14 @@
 //! eviction there (both through the one FIFO of that shard, so a kick never
 //! overtakes the grant it ends), and a refusal closes the claimant.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use super::{ClaimTicket, NodeHooks};
+use crate::engine::KickAck;
 use crate::mailbox::{Holder, Peers, ShardMsg, ToHolder, ToHome};
 use crate::registry::home_shard;
 
@@ -14,11 +19,38 @@ use crate::registry::home_shard;
 #[derive(Debug)]
 pub struct MailboxHooks {
     peers: Arc<Peers>,
+    waits: Arc<KickWaits>,
+}
+
+/// Kicks whose local close is not yet decided, by ticket: the home shard's
+/// engine answers through [`KickAck`], the cluster thread awaits the
+/// receiver before it replies to the node that asked.
+#[derive(Debug, Default)]
+pub struct KickWaits {
+    next: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+impl KickWaits {
+    fn register(&self) -> (u64, oneshot::Receiver<()>) {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("kick waits").insert(ticket, tx);
+        (ticket, rx)
+    }
+}
+
+impl KickAck for KickWaits {
+    fn kicked(&self, ticket: u64) {
+        if let Some(tx) = self.pending.lock().expect("kick waits").remove(&ticket) {
+            let _ = tx.send(());
+        }
+    }
 }
 
 impl MailboxHooks {
-    pub fn new(peers: Arc<Peers>) -> MailboxHooks {
-        MailboxHooks { peers }
+    pub fn new(peers: Arc<Peers>, waits: Arc<KickWaits>) -> MailboxHooks {
+        MailboxHooks { peers, waits }
     }
 
     fn home(&self, client_id: u64) -> u16 {
@@ -47,9 +79,11 @@ impl From<ClaimTicket> for Holder {
 }
 
 impl NodeHooks for MailboxHooks {
-    fn kick(&self, client_id: u64, _keep_session: Option<u64>) {
-        let msg = ShardMsg::Home(ToHome::Kick { client_id });
+    fn kick(&self, client_id: u64, _keep_session: Option<u64>) -> Option<oneshot::Receiver<()>> {
+        let (ticket, done) = self.waits.register();
+        let msg = ShardMsg::Home(ToHome::Kick { client_id, ticket });
         self.peers.send(self.home(client_id), msg);
+        Some(done)
     }
 
     fn claim_done(&self, client_id: u64, ticket: ClaimTicket, granted: bool) {

@@ -85,8 +85,14 @@ pub struct ClaimTicket {
 pub trait NodeHooks: Send + Sync + 'static {
     /// Close the local connection holding `client_id` with CLOSE(TAKEN_OVER),
     /// unless its session is `keep_session`. Must not block for long: the
-    /// remote node's reply waits for it, bounded by [`KICK_TIMEOUT`].
-    fn kick(&self, client_id: u64, keep_session: Option<u64>);
+    /// remote node's reply waits for it, bounded by [`KICK_TIMEOUT`]. The
+    /// receiver, if any, fires once the local close is decided; the reply
+    /// waits for it (`None`: decided already).
+    fn kick(
+        &self,
+        client_id: u64,
+        keep_session: Option<u64>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>>;
     /// Answers a [`ClusterHandle::claim`]: grant the HELLO or refuse it.
     fn claim_done(&self, client_id: u64, ticket: ClaimTicket, granted: bool);
 }

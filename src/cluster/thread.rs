@@ -483,6 +483,10 @@ fn outage_claim(sh: &Shared, client_id: u64, entry: Entry) -> bool {
     }
 }
 
+/// Longest a kick reply waits for the local close to be decided: half the
+/// asking node's [`super::KICK_TIMEOUT`], so the reply still arrives.
+const KICK_DECIDE_MAX: Duration = Duration::from_secs(1);
+
 /// Another node wants an id we hold: end our holder, then say so.
 async fn kick_responder(sh: Arc<Shared>, mut kicks: async_nats::Subscriber) {
     while let Some(msg) = kicks.next().await {
@@ -494,17 +498,32 @@ async fn kick_responder(sh: Arc<Shared>, mut kicks: async_nats::Subscriber) {
             let held = st.holdings.get(req.client_id);
             held.is_some_and(|h| h.session != req.session)
         };
+        let mut decided = None;
         if !stale {
             let had = sh.state().holdings.kicked(req.client_id).is_some();
-            sh.hooks.kick(req.client_id, None);
+            decided = sh.hooks.kick(req.client_id, None);
             if had {
                 sh.metrics.takeover(false);
             }
         }
-        if let Some(reply) = msg.reply {
-            let answer: &'static [u8] = if stale { b"stale" } else { b"ok" };
+        let Some(reply) = msg.reply else { continue };
+        let answer: &'static [u8] = if stale { b"stale" } else { b"ok" };
+        let sh = sh.clone();
+        // The reply waits until our holder's close is decided (its CLOSE
+        // queued, its PINGs no longer answered), so the asking node grants
+        // only after: never two live holders. Bounded below the asker's
+        // own KICK_TIMEOUT; a shard too stalled to decide in time is logged.
+        tokio::spawn(async move {
+            if let Some(done) = decided {
+                if tokio::time::timeout(KICK_DECIDE_MAX, done).await.is_err() {
+                    tracing::warn!(
+                        client_id = req.client_id,
+                        "kick not decided in time; replying anyway"
+                    );
+                }
+            }
             let _ = sh.client.publish(reply, answer.into()).await;
-        }
+        });
     }
 }
 
