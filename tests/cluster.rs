@@ -901,3 +901,51 @@ fn real_servers_survive_a_nats_restart() {
         common::stop(s);
     }
 }
+
+/// Three real servers: a consumer of `ringbeat.presence.>` sees, for every
+/// connection, one `online` and later one `offline`, in that order, with
+/// the session the client was welcomed with and the node it said HELLO to.
+#[test]
+fn real_servers_publish_online_then_offline_for_every_connection() {
+    let Some(nats) = Nats::start() else { return };
+    let servers: Vec<Server> = (0..3).map(|i| real_node(&nats, i)).collect();
+    let url = nats.url();
+    let consumer = Consumer::start(&url);
+    let mut peers: Vec<(u64, u64, common::Peer)> = (1..=30u64)
+        .map(|id| {
+            let mut p = common::Peer::connect(servers[id as usize % 3].local_addrs()[0]);
+            p.hello(id, 10_000);
+            (id, 0, p)
+        })
+        .collect();
+    for (_, session, p) in &mut peers {
+        *session = p.expect_welcome().0;
+    }
+    wait_until("30 in the directory", Duration::from_secs(60), || {
+        query::count(&url).is_ok_and(|n| n == 30)
+    });
+    let sessions: Vec<(u64, u64)> = peers.iter().map(|(id, s, _)| (*id, *s)).collect();
+    drop(peers); // every client goes away
+    wait_until("60 events", Duration::from_secs(60), || {
+        consumer.events().len() >= 60
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let events = consumer.events();
+    assert_eq!(events.len(), 60, "{events:?}");
+    for (id, session) in sessions {
+        let mine: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["client_id"] == id).collect();
+        let kinds: Vec<&str> = mine.iter().map(|e| e["event"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["online", "offline"], "client {id}");
+        assert!(mine.iter().all(|e| e["session"] == session), "client {id}");
+        assert!(mine
+            .iter()
+            .all(|e| e["node"] == format!("real{}", id % 3).as_str()));
+    }
+    wait_until("offline deletes", Duration::from_secs(30), || {
+        query::count(&url).is_ok_and(|n| n == 0)
+    });
+    for s in servers {
+        common::stop(s);
+    }
+}
