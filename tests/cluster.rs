@@ -866,19 +866,7 @@ fn real_servers_survive_a_nats_restart() {
     let lease = Duration::from_secs(3);
     let servers: Vec<Server> = (0..3).map(|i| real_node(&nats, i)).collect();
     let url = nats.url();
-    let mut peers: Vec<(u64, u64, common::Peer)> = (1..=30u64)
-        .map(|id| {
-            let mut p = common::Peer::connect(servers[id as usize % 3].local_addrs()[0]);
-            p.hello(id, 10_000);
-            (id, 0, p)
-        })
-        .collect();
-    for (_, session, p) in &mut peers {
-        *session = p.expect_welcome().0;
-    }
-    wait_until("30 in the directory", Duration::from_secs(60), || {
-        query::count(&url).is_ok_and(|n| n == 30)
-    });
+    let mut peers = thirty_welcomed(&servers, &url);
     let consumer = Consumer::start(&url);
     nats.restart_empty(Duration::from_millis(500));
     let took = wait_until("directory whole", lease * 5, || {
@@ -911,19 +899,7 @@ fn real_servers_publish_online_then_offline_for_every_connection() {
     let servers: Vec<Server> = (0..3).map(|i| real_node(&nats, i)).collect();
     let url = nats.url();
     let consumer = Consumer::start(&url);
-    let mut peers: Vec<(u64, u64, common::Peer)> = (1..=30u64)
-        .map(|id| {
-            let mut p = common::Peer::connect(servers[id as usize % 3].local_addrs()[0]);
-            p.hello(id, 10_000);
-            (id, 0, p)
-        })
-        .collect();
-    for (_, session, p) in &mut peers {
-        *session = p.expect_welcome().0;
-    }
-    wait_until("30 in the directory", Duration::from_secs(60), || {
-        query::count(&url).is_ok_and(|n| n == 30)
-    });
+    let peers = thirty_welcomed(&servers, &url);
     let sessions: Vec<(u64, u64)> = peers.iter().map(|(id, s, _)| (*id, *s)).collect();
     drop(peers); // every client goes away
     wait_until("60 events", Duration::from_secs(60), || {
@@ -948,4 +924,23 @@ fn real_servers_publish_online_then_offline_for_every_connection() {
     for s in servers {
         common::stop(s);
     }
+}
+
+/// Clients 1..=30 say HELLO, spread over three real servers; returns
+/// (id, session, peer) once all are welcomed and in the directory.
+fn thirty_welcomed(servers: &[Server], url: &str) -> Vec<(u64, u64, common::Peer)> {
+    let mut peers: Vec<(u64, u64, common::Peer)> = (1..=30u64)
+        .map(|id| {
+            let mut p = common::Peer::connect(servers[id as usize % 3].local_addrs()[0]);
+            p.hello(id, 10_000);
+            (id, 0, p)
+        })
+        .collect();
+    for (_, session, p) in &mut peers {
+        *session = p.expect_welcome().0;
+    }
+    wait_until("30 in the directory", Duration::from_secs(60), || {
+        query::count(url).is_ok_and(|n| n == 30)
+    });
+    peers
 }
