@@ -31,12 +31,14 @@ mod command;
 mod grace;
 mod guard;
 mod input;
+mod kick;
 mod pause;
 mod phi;
 mod proxy;
 
 pub use close::{CLOSE_LINGER_MS, SWEEP_DEFER_MAX};
 pub use command::Command;
+pub use kick::{KickAck, KICK_WAITS_MAX};
 pub use pause::{HELD_BYTES_MAX, HIGH_WATER_CHUNKS, LOW_WATER_CHUNKS};
 pub use phi::sigmas_for;
 
@@ -96,16 +98,6 @@ pub trait TokenCheck: Send + Sync + std::fmt::Debug {
     fn required(&self) -> bool;
     /// Whether `token` proves `client_id` at `now_unix_s`.
     fn verify(&self, client_id: u64, token: &[u8], now_unix_s: u64) -> bool;
-}
-
-/// Most cluster kicks one home shard keeps waiting for their evictions.
-pub const KICK_WAITS_MAX: usize = 4096;
-
-/// Hears when a cluster kick ([`ToHome::Kick`]) is done: the local holder's
-/// close with TAKEN_OVER is decided (or there was none). Implemented by
-/// `cluster::hooks::KickWaits`.
-pub trait KickAck: Send + Sync + std::fmt::Debug {
-    fn kicked(&self, ticket: u64);
 }
 
 /// Fixed settings of one shard's engine.
@@ -649,38 +641,6 @@ impl Engine {
             }
             self.message(to, ShardMsg::Holder(msg));
         }
-    }
-
-    /// A kick's ticket is answered once no eviction of `client_id` is in
-    /// flight: at once when there was no holder to evict.
-    fn wait_for_kick(&mut self, client_id: u64, ticket: u64) {
-        if ticket == 0 {
-            return;
-        }
-        if self.kick_waits.len() == KICK_WAITS_MAX {
-            let (_, oldest) = self.kick_waits.remove(0);
-            if let Some(ack) = &self.cfg.kick_ack {
-                ack.kicked(oldest);
-            }
-        }
-        self.kick_waits.push((client_id, ticket));
-        self.answer_kicks(client_id);
-    }
-
-    fn answer_kicks(&mut self, client_id: u64) {
-        if self.kick_waits.is_empty() || self.registry.evicting(client_id) {
-            return;
-        }
-        let Some(ack) = self.cfg.kick_ack.clone() else {
-            self.kick_waits.clear();
-            return;
-        };
-        self.kick_waits.retain(|&(id, ticket)| {
-            if id == client_id {
-                ack.kicked(ticket);
-            }
-            id != client_id
-        });
     }
 
     /// A message for the shard of a connection that holds (or asked for) a
