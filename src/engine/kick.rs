@@ -7,7 +7,7 @@ use super::Engine;
 /// Most cluster kicks one home shard keeps waiting for their evictions.
 pub const KICK_WAITS_MAX: usize = 4096;
 
-/// Hears when a cluster kick ([`ToHome::Kick`]) is done: the local holder's
+/// Hears when a cluster kick ([`crate::mailbox::ToHome::Kick`]) is done: the local holder's
 /// close with TAKEN_OVER is decided (or there was none). Implemented by
 /// `cluster::hooks::KickWaits`.
 pub trait KickAck: Send + Sync + std::fmt::Debug {
