@@ -6,8 +6,9 @@
 # --quick stops at 250K. Each point: ramp, every client's first PING, then
 # half the clients fall silent (same connections, half the heartbeats) and
 # the run ends before any is evicted, so CPU = a*seconds + b*heartbeats is
-# fitted over 2 s samples with the count fixed (scripts/scale_cost.py): b is
-# the cost of one more heartbeat, a the fixed cost per second (ticks, sweeps).
+# split from the two halves with the count fixed (scripts/scale_cost.py): b
+# is the cost of one more heartbeat, a the cost per second of holding the
+# connections (ticks, sweeps, kernel work per socket).
 # Writes results/scale-cost-DATE.json and the table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +54,7 @@ for n in $counts; do
   python3 scripts/scale_cost.py sample "$server" "$load" "http://127.0.0.1:$((port + 1))/metrics" \
     "$out-$n-samples.jsonl" 2 $((to_s + 60))
   wait "$load" || true
-  printf '{"from_s": %d, "to_s": %d}\n' "$from_s" "$to_s" > "$out-$n-window.json"
+  printf '{"from_s": %d, "silent_at_s": %d, "to_s": %d}\n' "$from_s" "$silent_at" "$to_s" > "$out-$n-window.json"
   kill "$server"; wait "$server" 2>/dev/null || true
   points+=("$n")
 done

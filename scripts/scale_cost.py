@@ -3,12 +3,16 @@
 sample: every PERIOD s, one JSON line of the server's and the load
         generator's user/system CPU seconds and the server's frames received
         (its Prometheus counter), until the load generator exits (bounded).
-report: per client count, fits cpu = a*seconds + b*heartbeats over the
-        sample intervals inside the steady window (all clients connected,
-        half of them falling silent half-way, none evicted yet), for server
-        and load generator, user and system apart; b is the marginal cost of
-        a heartbeat, a the fixed cost per second at that count (ticks,
-        sweeps over every slot). Ratios are against the smallest count.
+report: per client count, splits cpu = a*seconds + b*heartbeats from the
+        two halves of the steady window (all clients connected and beating,
+        then half of them silent, none evicted yet): b is the change in CPU
+        per second over the change in heartbeats per second between the
+        halves (the marginal cost of a heartbeat), a what is left at the
+        full rate (the cost per second of holding that many connections:
+        ticks, sweeps, kernel work per socket), for server and load
+        generator, user and system apart. Ratios are against the smallest
+        count. (A least-squares fit over the 2 s samples did not separate:
+        within a half the rate barely varies, so noise decided the split.)
 """
 import json
 import os
@@ -56,38 +60,43 @@ def sample(server_pid, load_pid, url, out, period_s, max_s):
             time.sleep(period_s)
 
 
-def fit(rows):
-    """Least squares y = a*dt + b*dh (no intercept) over (dt, dh, y) rows.
-    Returns (a, b), or None if dt and dh are collinear (no rate change)."""
-    stt = sum(dt * dt for dt, _, _ in rows)
-    shh = sum(dh * dh for _, dh, _ in rows)
-    sth = sum(dt * dh for dt, dh, _ in rows)
-    sty = sum(dt * y for dt, _, y in rows)
-    shy = sum(dh * y for _, dh, y in rows)
-    det = stt * shh - sth * sth
-    if det <= 1e-9 * stt * shh:
-        return None
-    return (sty * shh - shy * sth) / det, (shy * stt - sty * sth) / det
-
-
 def intervals(samples, from_s, to_s):
     """Consecutive sample pairs inside [from_s, to_s] with frame counts."""
     inside = [s for s in samples if from_s <= s["t"] <= to_s and s["frames"] is not None]
     return list(zip(inside, inside[1:]))
 
 
-def point(samples, from_s, to_s):
-    pairs = intervals(samples, from_s, to_s)
-    out = {"intervals": len(pairs)}
-    for who in ("server", "load"):
-        for k, name in ((0, "user"), (1, "sys")):
-            rows = [(b["t"] - a["t"], b["frames"] - a["frames"], b[who][k] - a[who][k]) for a, b in pairs]
-            f = fit(rows) if len(rows) >= 3 else None
-            out[f"{who}_{name}"] = None if f is None else {
-                "fixed_cpu_ms_per_s": f[0] * 1e3, "us_per_heartbeat": f[1] * 1e6}
-    hb = [b["frames"] - a["frames"] for a, b in pairs]
-    dt = sum(b["t"] - a["t"] for a, b in pairs)
-    out["heartbeats_per_s_mean"] = sum(hb) / dt if dt else 0
+def mean_rates(samples, lo_s, hi_s):
+    """(heartbeats/s, {who_kind: cpu s/s}) between the first and last sample
+    in [lo_s, hi_s], or None with fewer than two samples."""
+    inside = [s for s in samples if lo_s <= s["t"] <= hi_s and s["frames"] is not None]
+    if len(inside) < 2:
+        return None
+    a, b = inside[0], inside[-1]
+    dt = b["t"] - a["t"]
+    cpu = {f"{who}_{name}": (b[who][k] - a[who][k]) / dt
+           for who in ("server", "load") for k, name in ((0, "user"), (1, "sys"))}
+    return (b["frames"] - a["frames"]) / dt, cpu
+
+
+SETTLE_S = 5
+
+
+def point(samples, from_s, to_s, silent_at_s=None):
+    silent_at_s = from_s + 30 if silent_at_s is None else silent_at_s
+    full = mean_rates(samples, from_s, silent_at_s)
+    half = mean_rates(samples, silent_at_s + SETTLE_S, to_s)
+    out = {"intervals": len(intervals(samples, from_s, to_s))}
+    ok = full and half and full[0] - half[0] > 0.2 * full[0]
+    for k in ("server_user", "server_sys", "load_user", "load_sys"):
+        if not ok:
+            out[k] = None
+            continue
+        b = (full[1][k] - half[1][k]) / (full[0] - half[0])
+        out[k] = {"fixed_cpu_ms_per_s": (full[1][k] - b * full[0]) * 1e3,
+                  "us_per_heartbeat": b * 1e6}
+    hb = [b["frames"] - a["frames"] for a, b in intervals(samples, from_s, to_s)]
+    out["heartbeats_per_s_full_half"] = [full[0], half[0]] if full and half else None
     out["heartbeats_per_s_range"] = [min(hb, default=0), max(hb, default=0)]
     return out
 
@@ -97,7 +106,7 @@ def report(prefix, counts, shards):
     for n in counts:
         samples = [json.loads(x) for x in open(f"{prefix}-{n}-samples.jsonl")]
         window = json.load(open(f"{prefix}-{n}-window.json"))
-        points[n] = point(samples, window["from_s"], window["to_s"])
+        points[n] = point(samples, window["from_s"], window["to_s"], window.get("silent_at_s"))
     base = points[counts[0]]
     for n in counts:
         p = points[n]
