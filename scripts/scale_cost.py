@@ -60,30 +60,42 @@ def sample(server_pid, load_pid, url, out, period_s, max_s):
             time.sleep(period_s)
 
 
+def inside(samples, lo_s, hi_s):
+    """The samples in [lo_s, hi_s] with frame counts."""
+    return [s for s in samples if lo_s <= s["t"] <= hi_s and s["frames"] is not None]
+
+
 def intervals(samples, from_s, to_s):
-    """Consecutive sample pairs inside [from_s, to_s] with frame counts."""
-    inside = [s for s in samples if from_s <= s["t"] <= to_s and s["frames"] is not None]
-    return list(zip(inside, inside[1:]))
+    """Consecutive sample pairs inside [from_s, to_s]."""
+    kept = inside(samples, from_s, to_s)
+    return list(zip(kept, kept[1:]))
 
 
 def mean_rates(samples, lo_s, hi_s):
     """(heartbeats/s, {who_kind: cpu s/s}) between the first and last sample
     in [lo_s, hi_s], or None with fewer than two samples."""
-    inside = [s for s in samples if lo_s <= s["t"] <= hi_s and s["frames"] is not None]
-    if len(inside) < 2:
+    kept = inside(samples, lo_s, hi_s)
+    if len(kept) < 2:
         return None
-    a, b = inside[0], inside[-1]
+    a, b = kept[0], kept[-1]
     dt = b["t"] - a["t"]
     cpu = {f"{who}_{name}": (b[who][k] - a[who][k]) / dt
            for who in ("server", "load") for k, name in ((0, "user"), (1, "sys"))}
     return (b["frames"] - a["frames"]) / dt, cpu
 
 
+# After the half falls silent, PINGs already in flight still land.
 SETTLE_S = 5
+# scale-cost.sh's silent_at - from_s, for windows written before it
+# recorded silent_at_s.
+SILENT_AFTER_S = 30
 
 
 def point(samples, from_s, to_s, silent_at_s=None):
-    silent_at_s = from_s + 30 if silent_at_s is None else silent_at_s
+    """Marginal and holding cost at one count; None per figure when the two
+    halves' heartbeat rates differ by less than a fifth (no split)."""
+    if silent_at_s is None:
+        silent_at_s = from_s + SILENT_AFTER_S
     full = mean_rates(samples, from_s, silent_at_s)
     half = mean_rates(samples, silent_at_s + SETTLE_S, to_s)
     out = {"intervals": len(intervals(samples, from_s, to_s))}
@@ -117,9 +129,11 @@ def report(prefix, counts, shards):
     doc = {"tool": "scale-cost.sh", "schema": 1, "shards": shards, "interval_s": 30,
            "counts": counts, "points": {str(n): points[n] for n in counts}}
     json.dump(doc, open(prefix + ".json", "w"), indent=2)
-    print("| clients | server user µs/hb | server sys µs/hb | server fixed ms/s (u+s) | "
-          "load user µs/hb | load sys µs/hb | server (u+s) / first |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    # The user/system parts are differences of /proc's 10 ms ticks: noisy
+    # alone, even negative; their sum is the figure.
+    print("| clients | server µs/hb (u+s) | server user µs/hb | server sys µs/hb | "
+          "server holding ms/s (u+s) | load user µs/hb | load sys µs/hb | server (u+s) / first |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in counts:
         p = points[n]
 
@@ -129,7 +143,8 @@ def report(prefix, counts, shards):
         both = [p[k]["us_per_heartbeat"] for k in ("server_user", "server_sys") if p[k]]
         first = [base[k]["us_per_heartbeat"] for k in ("server_user", "server_sys") if base[k]]
         ratio = f"{sum(both) / sum(first):.2f}" if both and first and sum(first) else "n/a"
-        print(f"| {n:,} | {us('server_user')} | {us('server_sys')} | {fixed:.1f} | "
+        total = f"{sum(both):.2f}" if both else "n/a"
+        print(f"| {n:,} | {total} | {us('server_user')} | {us('server_sys')} | {fixed:.1f} | "
               f"{us('load_user')} | {us('load_sys')} | {ratio} |")
     print(f"wrote {prefix}.json")
 
