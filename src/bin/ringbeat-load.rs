@@ -140,7 +140,12 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
     let start_unix_ms = unix_ms();
     let start_epoch_ms = ringbeat::events::Event::now_ms();
     let stop = Arc::new(AtomicBool::new(false));
+    let storm_cpu0_ns = config
+        .args
+        .server_pid
+        .and_then(|p| sample::process_cpu_ns(&p.to_string()));
     let (progress, handles) = spawn_workers(&config, fast, start, &stop)?;
+    let storm = watch_storm(&config, storm_cpu0_ns, progress.clone(), start)?;
     let mut watch = Watch {
         pid: config.args.server_pid.map(|p| p.to_string()),
         slab_start: sample::slab_bytes().unwrap_or(0),
@@ -180,6 +185,9 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
     let refined = refine(&config, &mut tally, start_unix_ms);
     let elapsed_s = start.elapsed().as_secs_f64();
     let mut report = build_report(&config, &tally, &watch, elapsed_s);
+    report["storm"] = storm
+        .join()
+        .map_err(|_| anyhow::anyhow!("the storm watcher panicked"))?;
     report["attribution"] = refined;
     if let Some(path) = &config.args.server_events {
         report["detection_quality"] = detection_quality(path, &tally, start_epoch_ms, elapsed_s)?;
@@ -208,6 +216,54 @@ fn detection_quality(
     q["events_read"] = events.len().into();
     q["events_unparsed"] = unparsed.into();
     Ok(q)
+}
+
+/// How often the storm watcher looks whether every client was answered.
+const STORM_POLL: Duration = Duration::from_millis(1);
+
+/// The server's CPU over the connect storm: from before the first connect
+/// until every client was answered (WELCOME, or an accepting CONNACK), read
+/// from schedstat. Unlike the connect rate, which on loopback measures how
+/// fast the load generator completes handshakes (the kernel does that
+/// before the server calls `accept`) and how much CPU the server leaves it,
+/// this is the server's own cost of accepting and serving a client. Null
+/// without `--server-pid`, or if not every client was answered within the
+/// run (e.g. a ramp slower than the run, or no --hello).
+fn watch_storm(
+    config: &Arc<LoadConfig>,
+    cpu0_ns: Option<u64>,
+    progress: Vec<Arc<Progress>>,
+    start: Instant,
+) -> anyhow::Result<std::thread::JoinHandle<serde_json::Value>> {
+    let (pid, target, duration) = (
+        config.args.server_pid,
+        config.args.clients,
+        config.args.duration,
+    );
+    let watcher = move || {
+        let (Some(pid), Some(cpu0_ns)) = (pid, cpu0_ns) else {
+            return serde_json::Value::Null;
+        };
+        while ProgressSum::of(&progress).welcomed < target {
+            if start.elapsed() >= duration {
+                return serde_json::Value::Null;
+            }
+            std::thread::sleep(STORM_POLL);
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let Some(cpu1_ns) = sample::process_cpu_ns(&pid.to_string()) else {
+            return serde_json::Value::Null;
+        };
+        let cpu_ns = cpu1_ns.saturating_sub(cpu0_ns);
+        json!({
+            "clients_answered": target, "seconds": seconds,
+            "server_cpu_ms": cpu_ns as f64 / 1e6,
+            "server_cpu_us_per_client": cpu_ns as f64 / 1e3 / target.max(1) as f64,
+        })
+    };
+    Ok(std::thread::Builder::new()
+        .name("storm-watch".into())
+        .spawn(watcher)?)
 }
 
 type Handles = Vec<std::thread::JoinHandle<std::io::Result<Tally>>>;
@@ -274,6 +330,8 @@ fn build_report(config: &LoadConfig, t: &Tally, w: &Watch, elapsed_s: f64) -> se
         "connect_errors": t.connect_errors,
         // Measured: connections completed over the time the last one took.
         "connect_rate_per_s": t.connected as f64 / (t.last_connected_ns as f64 / 1e9).max(1e-3),
+        // Clients the server answered (needs --hello, or MQTT), and how fast.
+        "welcome": t.welcome_json(),
         "peak_live": w.peak_live,
         "duration_s": elapsed_s,
         "heartbeats_sent": t.heartbeats_sent,

@@ -447,6 +447,9 @@ impl Clients {
             Kind::Ping if payload.len() == 8 => {
                 out.push(Reply::Pong(payload.try_into().unwrap()));
             }
+            Kind::Welcome if payload.len() == protocol::WELCOME_LEN => {
+                tally.welcomed(now_ns, now_ns.saturating_sub(self.connected_ns[i]));
+            }
             Kind::Close if payload.len() >= 2 => {
                 let reason = u16::from_be_bytes([payload[0], payload[1]]);
                 self.flags[i] |= flag::GOT_CLOSE;
@@ -475,6 +478,7 @@ impl Clients {
             mqtt::PINGRESP => self.pong(i, self.last_sent_ns[i], now_ns, tally),
             mqtt::CONNACK if bytes.get(h.header_len + 1) == Some(&0) => {
                 self.flags[i] |= flag::SESSION;
+                tally.welcomed(now_ns, now_ns.saturating_sub(self.connected_ns[i]));
             }
             // Return code 0 is "accepted"; anything else closes the session.
             mqtt::CONNACK if bytes.get(h.header_len + 1).is_some_and(|&rc| rc != 0) => {

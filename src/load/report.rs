@@ -56,6 +56,14 @@ pub struct Tally {
     pub connect_errors: u64,
     /// When the last connect completed, since the run started.
     pub last_connected_ns: u64,
+    /// Clients the server answered (WELCOME, or an accepting CONNACK).
+    pub welcomed: u64,
+    /// When the last of those answers arrived, since the run started.
+    pub last_welcomed_ns: u64,
+    /// Connect completed → answer arrived, microseconds: the server's
+    /// accept, first read and first write, which a bare connect does not
+    /// wait for (the kernel completes the handshake before `accept`).
+    pub welcome_us: Histogram<u64>,
     pub heartbeats_sent: u64,
     pub heartbeats_answered: u64,
     pub heartbeats_lost: u64,
@@ -102,6 +110,9 @@ impl Default for Tally {
             connected: 0,
             connect_errors: 0,
             last_connected_ns: 0,
+            welcomed: 0,
+            last_welcomed_ns: 0,
+            welcome_us: histogram(),
             heartbeats_sent: 0,
             heartbeats_answered: 0,
             heartbeats_lost: 0,
@@ -159,6 +170,9 @@ impl Tally {
         self.connected += other.connected;
         self.connect_errors += other.connect_errors;
         self.last_connected_ns = self.last_connected_ns.max(other.last_connected_ns);
+        self.welcomed += other.welcomed;
+        self.last_welcomed_ns = self.last_welcomed_ns.max(other.last_welcomed_ns);
+        let _ = self.welcome_us.add(&other.welcome_us);
         self.heartbeats_sent += other.heartbeats_sent;
         self.heartbeats_answered += other.heartbeats_answered;
         self.heartbeats_lost += other.heartbeats_lost;
@@ -192,6 +206,27 @@ impl Tally {
             &mut self.rtt_ramp_us
         };
         let _ = h.record(rtt_us.max(1));
+    }
+
+    /// The server answered a client's HELLO (or CONNECT) at `now_ns`,
+    /// `wait_ns` after its connect completed.
+    pub fn welcomed(&mut self, now_ns: u64, wait_ns: u64) {
+        self.welcomed += 1;
+        self.last_welcomed_ns = self.last_welcomed_ns.max(now_ns);
+        let _ = self.welcome_us.record((wait_ns / 1_000).max(1));
+    }
+
+    /// Answered clients per second of the time the last answer took: the
+    /// rate at which the server accepted and served a storm of connects.
+    pub fn welcome_json(&self) -> Value {
+        let h = &self.welcome_us;
+        json!({
+            "count": self.welcomed,
+            "rate_per_s": self.welcomed as f64 / (self.last_welcomed_ns as f64 / 1e9).max(1e-3),
+            "wait_us_p50": h.value_at_quantile(0.5),
+            "wait_us_p99": h.value_at_quantile(0.99),
+            "wait_us_max": h.max(),
+        })
     }
 
     /// A PING went out `lag_ns` after its scheduled time.
@@ -245,6 +280,8 @@ impl Tally {
 #[derive(Debug, Default)]
 pub struct Progress {
     pub connected: AtomicU64,
+    /// Clients the server answered (WELCOME or an accepting CONNACK).
+    pub welcomed: AtomicU64,
     pub live: AtomicU64,
     pub heartbeats_sent: AtomicU64,
     pub heartbeats_answered: AtomicU64,
@@ -255,6 +292,7 @@ pub struct Progress {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgressSum {
     pub connected: u64,
+    pub welcomed: u64,
     pub live: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_answered: u64,
@@ -266,6 +304,7 @@ impl ProgressSum {
         let mut s = ProgressSum::default();
         for p in workers {
             s.connected += p.connected.load(Ordering::Relaxed);
+            s.welcomed += p.welcomed.load(Ordering::Relaxed);
             s.live += p.live.load(Ordering::Relaxed);
             s.heartbeats_sent += p.heartbeats_sent.load(Ordering::Relaxed);
             s.heartbeats_answered += p.heartbeats_answered.load(Ordering::Relaxed);

@@ -30,6 +30,22 @@ pub fn process(pid: &str) -> Option<ProcSample> {
     })
 }
 
+/// CPU time of every thread of process `pid` (may be "self"), in
+/// nanoseconds: the sum of `/proc/PID/task/*/schedstat`'s first field,
+/// exact where `/proc/PID/stat` counts 10 ms ticks. A thread that has
+/// already exited is not counted.
+pub fn process_cpu_ns(pid: &str) -> Option<u64> {
+    let mut total_ns = 0u64;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let Ok(text) = fs::read_to_string(path) else {
+            continue; // the thread exited meanwhile
+        };
+        total_ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total_ns)
+}
+
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat; the command name
 /// may hold spaces, so count from its closing parenthesis.
 fn stat_field(stat: &str, n: usize) -> Option<u64> {
@@ -93,6 +109,30 @@ fn rss_like(text: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedstat_cpu_counts_every_thread() {
+        use std::sync::mpsc::channel;
+        use std::time::{Duration, Instant};
+        let before = process_cpu_ns("self").expect("schedstat readable");
+        let (spun, wait_spun) = channel();
+        let (done, wait_done) = channel::<()>();
+        // Only a second, still live thread burns CPU: a reading of the
+        // main thread alone would miss it.
+        let spinner = std::thread::spawn(move || {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(30) {
+                std::hint::black_box(0u64);
+            }
+            spun.send(()).unwrap();
+            let _ = wait_done.recv();
+        });
+        wait_spun.recv().unwrap();
+        let after = process_cpu_ns("self").expect("schedstat readable");
+        done.send(()).unwrap();
+        spinner.join().unwrap();
+        assert!(after - before >= 5_000_000, "{} ns", after - before);
+    }
 
     #[test]
     fn sums_active_slab_objects() {

@@ -259,6 +259,7 @@ impl Worker {
     fn publish(&self) {
         let p = &self.spec.progress;
         p.connected.store(self.tally.connected, Ordering::Relaxed);
+        p.welcomed.store(self.tally.welcomed, Ordering::Relaxed);
         p.live
             .store(self.tally.connected - self.closed, Ordering::Relaxed);
         p.heartbeats_sent

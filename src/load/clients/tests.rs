@@ -289,3 +289,56 @@ fn mqtt_faults_send_disconnect_and_a_reserved_packet() {
     assert_eq!(sent(c.on_due(0, at, 0.5, &t, &mut tally)), mqtt::DISCONNECT);
     assert_eq!(sent(c.on_due(1, at, 0.5, &t, &mut tally)), mqtt::GARBAGE);
 }
+
+#[test]
+fn a_welcome_or_accepting_connack_times_the_servers_answer() {
+    let (t, mut tally) = (timing(), Tally::default());
+    let mut c = Clients::new(vec![Scenario::Healthy; 2], Wire::Ringbeat);
+    c.on_connected(0, 1_000_000, &t);
+    c.on_connected(1, 2_000_000, &t);
+    let mut out = Vec::new();
+    c.on_bytes(
+        0,
+        &protocol::welcome_frame(9, 1_000, 3_000),
+        4_000_000,
+        &t,
+        &mut tally,
+        &mut out,
+    );
+    c.on_bytes(
+        1,
+        &protocol::welcome_frame(9, 1_000, 3_000),
+        3_000_000,
+        &t,
+        &mut tally,
+        &mut out,
+    );
+    assert_eq!((tally.welcomed, tally.last_welcomed_ns), (2, 4_000_000));
+    // Three significant digits: 3,000 µs is kept as 3,001.
+    assert_eq!(
+        (tally.welcome_us.min(), tally.welcome_us.max()),
+        (1_000, 3_001)
+    );
+    let mut m = live_mqtt(vec![Scenario::Healthy, Scenario::Healthy]);
+    m.on_bytes(
+        0,
+        &[0x20, 0x02, 0x00, 0x00],
+        5_000_000,
+        &t,
+        &mut tally,
+        &mut out,
+    );
+    // A refused CONNACK is not an answer that served the client.
+    m.on_bytes(
+        1,
+        &[0x20, 0x02, 0x00, 0x05],
+        6_000_000,
+        &t,
+        &mut tally,
+        &mut out,
+    );
+    assert_eq!((tally.welcomed, tally.last_welcomed_ns), (3, 5_000_000));
+    let json = tally.welcome_json();
+    assert_eq!(json["count"], 3);
+    assert_eq!(json["rate_per_s"], 3.0 / 0.005);
+}
