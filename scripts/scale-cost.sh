@@ -5,7 +5,8 @@
 #   bash scripts/scale-cost.sh [--quick] [--counts "15000 100000 ..."]
 # --quick stops at 250K. Each point: ramp, every client's first PING, then
 # half the clients fall silent (same connections, half the heartbeats) and
-# the run ends before any is evicted, so CPU = a*seconds + b*heartbeats is
+# the window ends before any is evicted (scale_cost.py refuses it otherwise),
+# so CPU = a*seconds + b*heartbeats is
 # split from the two halves with the count fixed (scripts/scale_cost.py): b
 # is the cost of one more heartbeat, a the cost per second of holding the
 # connections (ticks, sweeps, kernel work per socket).
@@ -44,7 +45,11 @@ for n in $counts; do
   ramp_s=$(( (n + ramp - 1) / ramp ))
   from_s=$((ramp_s + 34))       # every client has sent its first PING
   silent_at=$((from_s + 30))    # half fall silent: the heartbeat rate halves
-  to_s=$((silent_at + 55))      # evictions start at silent_at + 60 s
+  # Evictions start 60 s after a silent client's last PING, which was up to
+  # 33 s (30 s + 10% jitter) before silent_at: from silent_at + 27 s. (The
+  # window once ran to silent_at + 55 s, and the closes of the first
+  # evictions passed for a cost of holding connections.)
+  to_s=$((silent_at + 25))
   echo "scale-cost: $n clients, $shards shards, $((to_s + 3)) s"
   nice -n 10 ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$n" --ramp $ramp \
     --interval 30s --timeout 60s --mix healthy=0.5,silent=0.5 --fault-after 0s --fault-at "${silent_at}s" \

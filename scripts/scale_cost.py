@@ -10,7 +10,8 @@ report: per client count, splits cpu = a*seconds + b*heartbeats from the
         halves (the marginal cost of a heartbeat), a what is left at the
         full rate (the cost per second of holding that many connections:
         ticks, sweeps, kernel work per socket), for server and load
-        generator, user and system apart. Ratios are against the smallest
+        generator, user and system apart. A window in which the server
+        evicted anyone is refused. Ratios are against the smallest
         count. (A least-squares fit over the 2 s samples did not separate:
         within a half the rate barely varies, so noise decided the split.)
 """
@@ -33,14 +34,16 @@ def cpu(pid):
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
-def frames(url):
-    """Sum of ringbeat_frames_received_total over its labels."""
-    total = 0.0
+def counters(url):
+    """(frames received, connections evicted): the sums of
+    ringbeat_frames_received_total and ringbeat_evicted_total."""
+    totals = {"ringbeat_frames_received_total": 0.0, "ringbeat_evicted_total": 0.0}
     with urllib.request.urlopen(url, timeout=2) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith("ringbeat_frames_received_total"):
-                total += float(line.split()[-1])
-    return total
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in totals:
+                totals[name] += float(line.split()[-1])
+    return totals["ringbeat_frames_received_total"], totals["ringbeat_evicted_total"]
 
 
 def sample(server_pid, load_pid, url, out, period_s, max_s):
@@ -51,10 +54,11 @@ def sample(server_pid, load_pid, url, out, period_s, max_s):
             if s is None or l is None:
                 return
             try:
-                n = frames(url)
+                n, evicted = counters(url)
             except OSError:
-                n = None
-            row = {"t": time.monotonic() - start, "server": s, "load": l, "frames": n}
+                n, evicted = None, None
+            row = {"t": time.monotonic() - start, "server": s, "load": l, "frames": n,
+                   "evicted": evicted}
             f.write(json.dumps(row) + "\n")
             f.flush()
             time.sleep(period_s)
@@ -91,15 +95,28 @@ SETTLE_S = 5
 SILENT_AFTER_S = 30
 
 
+def evicted_in(samples, lo_s, hi_s):
+    """Connections the server evicted between the first and last sample in
+    [lo_s, hi_s] (0 for samples written before they recorded it)."""
+    kept = [s["evicted"] for s in inside(samples, lo_s, hi_s) if s.get("evicted") is not None]
+    return kept[-1] - kept[0] if kept else 0
+
+
 def point(samples, from_s, to_s, silent_at_s=None):
     """Marginal and holding cost at one count; None per figure when the two
-    halves' heartbeat rates differ by less than a fifth (no split)."""
+    halves' heartbeat rates differ by less than a fifth, or when the server
+    evicted anyone inside the window (closing connections costs both ends
+    far more than heartbeats: it would pass for a cost of holding them)."""
     if silent_at_s is None:
         silent_at_s = from_s + SILENT_AFTER_S
     full = mean_rates(samples, from_s, silent_at_s)
     half = mean_rates(samples, silent_at_s + SETTLE_S, to_s)
-    out = {"intervals": len(intervals(samples, from_s, to_s))}
-    ok = full and half and full[0] - half[0] > 0.2 * full[0]
+    evicted = evicted_in(samples, from_s, to_s)
+    out = {"intervals": len(intervals(samples, from_s, to_s)), "evicted_in_window": evicted}
+    if evicted:
+        print(f"scale-cost: {evicted:.0f} evictions inside the window {from_s}-{to_s} s: "
+              "no split", file=sys.stderr)
+    ok = full and half and full[0] - half[0] > 0.2 * full[0] and not evicted
     for k in ("server_user", "server_sys", "load_user", "load_sys"):
         if not ok:
             out[k] = None

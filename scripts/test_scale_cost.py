@@ -40,3 +40,18 @@ class Split(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+class Evictions(unittest.TestCase):
+    def test_a_window_with_evictions_is_refused(self):
+        # Evictions' closes cost both ends far more than heartbeats: inside
+        # the window they would pass for a cost of holding connections.
+        samples = run(3e-6, 0.005, 20000, 10000)
+        for s in samples:
+            s["evicted"] = 0.0 if s["t"] < 80 else 5000.0
+        p = scale_cost.point(samples, 10, 100, 40)
+        self.assertEqual(p["evicted_in_window"], 5000.0)
+        self.assertIsNone(p["server_sys"])
+        # Evictions after the window do not matter.
+        p = scale_cost.point(samples, 10, 78, 40)
+        self.assertEqual(p["evicted_in_window"], 0)
+        self.assertAlmostEqual(p["server_sys"]["us_per_heartbeat"], 3.0, places=6)
