@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ringbeat::load::args::{LoadArgs, LoadConfig};
+use ringbeat::load::clients::Wire;
 use ringbeat::load::detect;
 use ringbeat::load::report::{Progress, ProgressSum, Tally};
 use ringbeat::load::sample::{self, ProcSample};
@@ -227,19 +228,19 @@ const STORM_POLL: Duration = Duration::from_millis(1);
 /// fast the load generator completes handshakes (the kernel does that
 /// before the server calls `accept`) and how much CPU the server leaves it,
 /// this is the server's own cost of accepting and serving a client. Null
-/// without `--server-pid`, or if not every client was answered within the
-/// run (e.g. a ramp slower than the run, or no --hello).
+/// unless it is a storm the server answers (`--server-pid`, every client
+/// at once: `--ramp` ≥ `--clients`, and `--hello` or MQTT; otherwise no
+/// watcher runs), or if not every client was answered within the run.
 fn watch_storm(
     config: &Arc<LoadConfig>,
     cpu0_ns: Option<u64>,
     progress: Vec<Arc<Progress>>,
     start: Instant,
 ) -> anyhow::Result<std::thread::JoinHandle<serde_json::Value>> {
-    let (pid, target, duration) = (
-        config.args.server_pid,
-        config.args.clients,
-        config.args.duration,
-    );
+    let a = &config.args;
+    let answered = a.hello || a.protocol == Wire::Mqtt;
+    let storm = a.ramp >= a.clients && answered;
+    let (pid, target, duration) = (a.server_pid.filter(|_| storm), a.clients, a.duration);
     let watcher = move || {
         let (Some(pid), Some(cpu0_ns)) = (pid, cpu0_ns) else {
             return serde_json::Value::Null;
