@@ -2,7 +2,7 @@
 # Scaling curve: marginal CPU per heartbeat, server and load generator, user
 # and system apart, at 15K, 100K, 250K, 500K and 1M clients (30 s interval,
 # the same shard count at every point), as a ratio to 15K:
-#   bash scripts/scale-cost.sh [--quick] [--counts "15000 100000 ..."]
+#   bash scripts/scale-cost.sh [--quick] [--counts "15000 100000 ..."] [--shards N] [--threads N]
 # --quick stops at 250K. Each point: ramp, every client's first PING, then
 # half the clients fall silent (same connections, half the heartbeats) and
 # the window ends before any is evicted (scale_cost.py refuses it otherwise),
@@ -14,11 +14,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts="15000 100000 250000 500000 1000000"
+shards_arg=
+threads_arg=()   # --threads: the server's (default: one per core)
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) counts="15000 100000 250000"; shift ;;
     --counts) counts=$2; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--counts \"N1 N2 ...\"]" >&2; exit 2 ;;
+    --shards) shards_arg=$2; shift 2 ;;
+    --threads) threads_arg=(--threads "$2"); shift 2 ;;
+    *) echo "usage: $0 [--quick] [--counts \"N1 N2 ...\"] [--shards N] [--threads N]" >&2; exit 2 ;;
   esac
 done
 cargo build --release --quiet --bin ringbeat --bin ringbeat-load
@@ -31,13 +35,16 @@ loadbox_begin scale-cost sysctls
 # descriptor table is bounded by RLIMIT_NOFILE, ~19,000 here).
 largest=$(printf '%s\n' $counts | sort -n | tail -1)
 shards=$(( (largest * 105 / 100 + 18999) / 19000 )); [ "$shards" -lt 2 ] && shards=2
+# --shards: a fixed count instead (fewer rings than the largest point needs
+# fail its ramp; more measure what rings cost).
+[ -n "$shards_arg" ] && shards=$shards_arg
 printf 'recv_buffers = 256\nsend_chunks = 256\n' > "$out-server.toml"
 port=7780
 points=()
 for n in $counts; do
   wait_sockets_freed scale-cost tw
   port=$((port + 2))
-  ./target/release/ringbeat serve --listen 127.0.0.1:$port --shards "$shards" \
+  ./target/release/ringbeat serve --listen 127.0.0.1:$port --shards "$shards" "${threads_arg[@]}" \
     --max-connections $((n * 11 / 10)) --interval 30s --timeout 60s --config "$out-server.toml" \
     --metrics 127.0.0.1:$((port + 1)) 2> "$out-$n-server.log" &
   server=$!; pids+=("$server"); sleep 1

@@ -134,9 +134,13 @@ pub struct ServeArgs {
     /// hard cap) [default: 2ms]
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub rtt_budget: Option<Duration>,
-    /// Shard threads, each with its own ring and listener [default: cores]
+    /// Shards, each with its own ring and listener [default: cores]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// Threads that drive the shards' rings; fewer than --shards makes each
+    /// drive several (one eventfd wakes it) [default: cores]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Largest frame payload accepted [default: 1024]
     #[arg(long, value_name = "BYTES")]
     pub max_payload: Option<u32>,
@@ -236,6 +240,7 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     pub rtt_budget: Option<Duration>,
     pub shards: Option<usize>,
+    pub threads: Option<usize>,
     pub max_payload: Option<u32>,
     pub max_connections: Option<u32>,
     pub probe: Option<bool>,
@@ -296,6 +301,9 @@ pub struct Config {
     /// The most batching may add to a reply (see [`Config::batch_window_cap`]).
     pub rtt_budget: Duration,
     pub shards: usize,
+    /// Threads driving the shards' rings; when fewer than `shards`, each
+    /// drives several (`shard::group`); more than `shards` are not started.
+    pub threads: usize,
     pub max_payload: u32,
     pub max_connections: u32,
     pub probe: bool,
@@ -397,6 +405,7 @@ impl Config {
                 .or(file.rtt_budget)
                 .unwrap_or(DEFAULT_RTT_BUDGET),
             shards: args.shards.or(file.shards).unwrap_or_else(cores),
+            threads: args.threads.or(file.threads).unwrap_or_else(cores),
             max_payload: args
                 .max_payload
                 .or(file.max_payload)
@@ -498,6 +507,9 @@ impl Config {
         }
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return bad(format!("--shards must be within 1..={SHARDS_MAX}"));
+        }
+        if self.threads == 0 || self.threads > SHARDS_MAX {
+            return bad(format!("--threads must be within 1..={SHARDS_MAX}"));
         }
         if self.max_payload < MIN_MAX_PAYLOAD {
             return bad(format!(

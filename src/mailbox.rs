@@ -9,8 +9,9 @@
 //! newest ([`ToHolder::Granted`]). A grant so never races a close still in
 //! flight, whatever order the shards' messages arrive in.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::Sender;
 
@@ -81,26 +82,67 @@ pub enum ShardMsg {
 }
 
 /// Every shard's inbox and wake eventfd.
+///
+/// A shard on its own thread reads its eventfd through its ring. Shards
+/// driven by one thread (`shard::group`) share one eventfd that no ring
+/// reads: the thread sleeps on it, and a per-shard flag says whose inbox
+/// has mail. (A ring that reads an eventfd another thread writes is woken
+/// from inside that write; the kernel then defers the ring's own eventfd
+/// signal, and on 6.18 only the first such deferral is ever delivered: a
+/// group thread slept through its ticks.)
 #[derive(Debug)]
 pub struct Peers {
     senders: Vec<Sender<ShardMsg>>,
     wakers: Vec<std::fs::File>,
+    mail: Vec<AtomicBool>,
 }
 
 impl Peers {
+    /// `wakers[i]` wakes shard `i`'s thread; grouped shards share one.
     pub fn new(senders: Vec<Sender<ShardMsg>>, wakers: Vec<std::fs::File>) -> Peers {
         assert_eq!(senders.len(), wakers.len());
-        Peers { senders, wakers }
+        let mail = (0..senders.len()).map(|_| AtomicBool::new(false)).collect();
+        Peers {
+            senders,
+            wakers,
+            mail,
+        }
     }
 
     pub fn shards(&self) -> usize {
         self.senders.len()
     }
 
-    /// Delivers `msg` to shard `to` and wakes its ring.
+    /// Delivers `msg` to shard `to` and wakes its thread.
     pub fn send(&self, to: u16, msg: ShardMsg) {
-        if self.senders[usize::from(to)].send(msg).is_ok() {
-            let _ = (&self.wakers[usize::from(to)]).write(&1u64.to_ne_bytes());
+        let to = usize::from(to);
+        if self.senders[to].send(msg).is_ok() {
+            // Before the write: a woken group thread must see the flag.
+            self.mail[to].store(true, Ordering::SeqCst);
+            let _ = (&self.wakers[to]).write(&1u64.to_ne_bytes());
+        }
+    }
+
+    /// Whether shard `shard` was sent mail since the last call (grouped
+    /// shards; a shard on its own thread is woken by its ring instead).
+    pub fn take_mail(&self, shard: u16) -> bool {
+        let flag = &self.mail[usize::from(shard)];
+        flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether shard `shard` has mail not yet taken.
+    pub fn has_mail(&self, shard: u16) -> bool {
+        self.mail[usize::from(shard)].load(Ordering::SeqCst)
+    }
+
+    /// Blocks until shard `shard`'s eventfd is written (or was since the
+    /// last wait): a group thread's sleep.
+    pub fn wait(&self, shard: u16) -> std::io::Result<()> {
+        let mut count = [0u8; 8];
+        match (&self.wakers[usize::from(shard)]).read(&mut count) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -24,6 +24,7 @@ use crate::heartbeat::Timing;
 use crate::mailbox::{Peers, ShardMsg};
 use crate::per_ip::PerIpLimit;
 use crate::ring::{self, Features, RingSetup};
+use crate::shard::group::Group;
 use crate::shard::{IoPlan, Shard, ShardSpec};
 use crate::stash::HelloPool;
 use crate::stats::Stats;
@@ -289,9 +290,7 @@ impl Server {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
             .map(|_| crossbeam_channel::unbounded())
             .unzip();
-        let wakers = (0..config.shards)
-            .map(|_| ring::eventfd())
-            .collect::<Result<Vec<_>, _>>()?;
+        let wakers = wakers(&config)?;
         let peers = Arc::new(Peers::new(senders, wakers));
         let kick_waits = Arc::new(KickWaits::default());
         let cluster = match (&config.cluster, cluster_metrics) {
@@ -377,8 +376,12 @@ impl Server {
         for (i, t) in self.threads.into_iter().enumerate() {
             match t.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => first_err = first_err.or(Some(anyhow::anyhow!("shard {i}: {e}"))),
-                Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("shard {i} panicked"))),
+                Ok(Err(e)) => {
+                    first_err = first_err.or(Some(anyhow::anyhow!("shard thread {i}: {e}")))
+                }
+                Err(_) => {
+                    first_err = first_err.or(Some(anyhow::anyhow!("shard thread {i} panicked")))
+                }
             }
         }
         drop(self.peers);
@@ -431,27 +434,36 @@ fn spawn_shards(
     receivers: Vec<Receiver<ShardMsg>>,
 ) -> anyhow::Result<Vec<JoinHandle<std::io::Result<()>>>> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let mut threads = Vec::new();
-    // Each shard builds its ring on its own thread (a single-issuer ring
-    // belongs to the thread that made it) and reports here before serving.
-    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+    let threads_n = shared.config.threads.min(shared.config.shards);
+    let mut groups: Vec<Vec<ShardSpec>> = (0..threads_n).map(|_| Vec::new()).collect();
     for (id, (listeners, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
         let spec = shard_spec(shared, id as u16, listeners, inbox)
             .with_context(|| format!("cannot set up shard {id}"))?;
-        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        groups[id % threads_n].push(spec);
+    }
+    let mut threads = Vec::new();
+    // Each thread builds its rings itself (a single-issuer ring belongs to
+    // the thread that made it) and reports here before serving.
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+    for (t, specs) in groups.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[t % cores.len()]);
         let ready = ready_tx.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("ringbeat-shard-{id}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                let shard = Shard::new(spec);
-                let _ = ready.send((id, shard.as_ref().map(|_| ()).map_err(|e| e.to_string())));
-                shard?.run()
-            })?;
+        let name = if specs.len() == 1 {
+            format!("ringbeat-shard-{t}")
+        } else {
+            format!("ringbeat-group-{t}")
+        };
+        let t = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            drive(specs, &ready)
+        })?;
         threads.push(t);
     }
+    // A thread that panics while starting drops its sender: recv fails
+    // instead of waiting for ever.
+    drop(ready_tx);
     for _ in 0..threads.len() {
         let (id, result) = ready_rx
             .recv()
@@ -462,6 +474,37 @@ fn spawn_shards(
         }
     }
     Ok(threads)
+}
+
+/// One wake eventfd per shard; grouped shards (fewer `--threads` than
+/// `--shards`) share their thread's, which the rings also signal.
+fn wakers(config: &Config) -> std::io::Result<Vec<std::fs::File>> {
+    let threads = config.threads.min(config.shards);
+    if threads == config.shards {
+        return (0..config.shards).map(|_| ring::eventfd()).collect();
+    }
+    let groups = (0..threads)
+        .map(|_| ring::eventfd())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    (0..config.shards)
+        .map(|id| groups[id % threads].try_clone())
+        .collect()
+}
+
+/// A shard thread's body: one shard on its own, or a group of several.
+fn drive(
+    mut specs: Vec<ShardSpec>,
+    ready: &crossbeam_channel::Sender<(u16, Result<(), String>)>,
+) -> std::io::Result<()> {
+    let first = specs[0].id;
+    if specs.len() == 1 {
+        let shard = Shard::new(specs.remove(0));
+        let _ = ready.send((first, shard.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+        return shard?.run();
+    }
+    let group = Group::new(specs);
+    let _ = ready.send((first, group.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+    group?.run()
 }
 
 fn shard_spec(
@@ -524,6 +567,7 @@ fn shard_spec(
         listeners,
         inbox,
         wake_fd,
+        grouped: config.threads < config.shards,
         peers: shared.peers.clone(),
         events: shared.events.clone(),
         cluster: shared.cluster.clone(),

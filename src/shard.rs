@@ -49,8 +49,12 @@ pub struct ShardSpec {
     pub ring_setup: RingSetup,
     pub listeners: Vec<socket2::Socket>,
     pub inbox: Receiver<ShardMsg>,
-    /// The shard's wake eventfd (owned by `peers`, which outlives the shard).
+    /// The shard's wake eventfd (owned by `peers`, which outlives the
+    /// shard). A grouped shard's is its thread's, which its ring must not
+    /// read (see `mailbox::Peers`).
     pub wake_fd: RawFd,
+    /// Driven by a `group` thread with other shards.
+    pub grouped: bool,
     pub peers: Arc<Peers>,
     pub events: Option<EventSender>,
     /// Cluster mode: claims and events also go to the cluster thread.
@@ -147,37 +151,61 @@ impl Shard {
         }
     }
 
-    /// Runs until shutdown completes.
+    /// Runs until shutdown completes, on a thread of its own.
     pub fn run(mut self) -> std::io::Result<()> {
-        self.arm_all_accepts()?;
-        self.arm_tick()?;
-        self.ring.wake_read(self.spec.wake_fd)?;
+        self.start()?;
         loop {
-            self.batch.clear();
             let window_us = self.batch_window_us();
             let cqes = self.ring.submit_and_wait_batched(BATCH_WANT, window_us)?;
+            self.batch.clear();
             self.batch.extend_from_slice(cqes);
-            self.wait.record(self.batch.len());
-            self.buffers_returned = 0;
-            self.set_clock();
-            self.handle_batch()?;
-            let ticked = std::mem::take(&mut self.tick_fired);
-            if ticked {
-                self.before_sweep()?;
-                self.on_tick()?;
-            }
-            let returned = self.buffers_returned > 0;
-            self.spec.engine.after_pass(returned);
-            // Every message is followed by a write to the wake eventfd; the
-            // tick is a safety net.
-            if std::mem::take(&mut self.inbox_woken) || ticked {
-                self.drain_inbox()?;
-            }
-            self.carry_out()?;
-            if self.check_exit()? {
+            if self.pass()? {
                 return Ok(());
             }
         }
+    }
+
+    /// Arms what runs for the shard's life: accepts, tick, inbox.
+    fn start(&mut self) -> std::io::Result<()> {
+        self.arm_all_accepts()?;
+        self.arm_tick()?;
+        if self.spec.grouped {
+            return Ok(());
+        }
+        self.ring.wake_read(self.spec.wake_fd)
+    }
+
+    /// One pass of a thread that drives several rings (`group`): submits,
+    /// takes what is ready without sleeping, handles it. `Ok(true)` once
+    /// the shard has exited.
+    fn pass_ready(&mut self) -> std::io::Result<bool> {
+        let cqes = self.ring.reap_ready()?;
+        self.batch.clear();
+        self.batch.extend_from_slice(cqes);
+        self.pass()
+    }
+
+    /// Handles the completions in `self.batch`, then the tick, the inbox
+    /// and the engine's commands. `Ok(true)` once the shard has exited.
+    fn pass(&mut self) -> std::io::Result<bool> {
+        self.wait.record(self.batch.len());
+        self.buffers_returned = 0;
+        self.set_clock();
+        self.handle_batch()?;
+        let ticked = std::mem::take(&mut self.tick_fired);
+        if ticked {
+            self.before_sweep()?;
+            self.on_tick()?;
+        }
+        let returned = self.buffers_returned > 0;
+        self.spec.engine.after_pass(returned);
+        // Every message is followed by a write to the wake eventfd; the
+        // tick is a safety net.
+        if std::mem::take(&mut self.inbox_woken) || ticked {
+            self.drain_inbox()?;
+        }
+        self.carry_out()?;
+        self.check_exit()
     }
 
     fn handle_batch(&mut self) -> std::io::Result<()> {
@@ -434,3 +462,4 @@ impl Shard {
 }
 
 mod commands;
+pub mod group;

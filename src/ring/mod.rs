@@ -138,6 +138,9 @@ fn build_uring(setup: &RingSetup) -> io::Result<IoUring> {
         .setup_cqsize(setup.cq_entries)
         .setup_single_issuer()
         .setup_defer_taskrun()
+        // Pending task work shows in the SQ flags: a thread driving several
+        // rings sees which to enter without entering each.
+        .setup_taskrun_flag()
         .build(setup.sq_entries);
     match deferred {
         Ok(uring) => Ok(uring),
@@ -421,6 +424,40 @@ impl Ring {
         let args = types::SubmitArgs::new().min_wait_usec(min_wait_us);
         let waited = self.uring.submitter().submit_with_args(want, &args);
         self.reap(waited)
+    }
+
+    /// Has the kernel signal `eventfd` for every completion it posts or
+    /// queues as task work (a thread driving several rings sleeps on it).
+    pub fn notify(&self, eventfd: RawFd) -> io::Result<()> {
+        self.uring.submitter().register_eventfd(eventfd)
+    }
+
+    /// Turns the [`Ring::notify`] signals on (before its thread sleeps) or
+    /// off (while it is awake and will look anyway: each signal costs the
+    /// kernel a wake-up check). After turning them on, check
+    /// [`Ring::has_work`] before sleeping: what came while they were off
+    /// signalled nothing.
+    pub fn set_notify(&mut self, on: bool) {
+        let cq = self.uring.completion();
+        if on {
+            cq.enable_eventfd();
+            // The kernel sets a flag, then reads ours; we wrote ours and
+            // read its flags next: a full fence on both sides.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        } else {
+            cq.disable_eventfd();
+        }
+    }
+
+    /// Whether entering would find something: SQEs to submit, task work
+    /// to run (deferred completions), completions ready or overflowed.
+    /// Reads shared ring memory only; no syscall.
+    pub fn has_work(&mut self) -> bool {
+        let (taskrun, overflow, unsubmitted) = {
+            let sq = self.uring.submission();
+            (sq.taskrun(), sq.cq_overflow(), !sq.is_empty())
+        };
+        taskrun || overflow || unsubmitted || !self.uring.completion().is_empty()
     }
 
     /// Submits, runs pending task work (deferred completions of data that

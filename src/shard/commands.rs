@@ -161,7 +161,9 @@ impl Shard {
                     self.phase = Phase::Exiting {
                         since: Instant::now(),
                     };
-                    self.ring.cancel(UserData::new(Op::Wake, 0, 0))?;
+                    if !self.spec.grouped {
+                        self.ring.cancel(UserData::new(Op::Wake, 0, 0))?;
+                    }
                 } else if since.elapsed() > SHUTDOWN_GRACE {
                     // The engine's linger ends every close well before this;
                     // reaching it means a completion never came.
