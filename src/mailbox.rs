@@ -79,6 +79,10 @@ pub enum ShardMsg {
     Holder(ToHolder),
     /// Stop accepting, close everything, exit.
     Shutdown,
+    /// Fail as if the shard's ring had returned an I/O error (tests of the
+    /// failure path: [`crate::server::Server::inject_shard_failure`]).
+    #[doc(hidden)]
+    Fail,
 }
 
 /// Every shard's inbox and wake eventfd.

@@ -357,6 +357,14 @@ impl Server {
         self.capacity
     }
 
+    /// Makes shard `shard` fail as on an I/O error from its ring, so tests
+    /// can check that a failed shard stops the whole server cleanly.
+    #[doc(hidden)]
+    pub fn inject_shard_failure(&self, shard: u16) {
+        assert!(usize::from(shard) < self.peers.shards(), "no shard {shard}");
+        self.peers.send(shard, ShardMsg::Fail);
+    }
+
     /// A handle that can stop the server from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {

@@ -151,8 +151,18 @@ impl Shard {
         }
     }
 
-    /// Runs until shutdown completes, on a thread of its own.
+    /// Runs until shutdown completes, on a thread of its own. An error
+    /// stops the whole server (see [`Shard::fail`]).
     pub fn run(mut self) -> std::io::Result<()> {
+        let result = self.serve();
+        result.map_err(|e| {
+            self.fail(&e);
+            let id = self.spec.id;
+            std::io::Error::new(e.kind(), format!("shard {id}: {e}"))
+        })
+    }
+
+    fn serve(&mut self) -> std::io::Result<()> {
         self.start()?;
         loop {
             let window_us = self.batch_window_us();

@@ -85,6 +85,8 @@ pub struct Stats {
     pub proxy_refused: Counter,
     pub sweeps_deferred: Counter,
     pub evictions_deferred: Counter,
+    /// Shards that stopped on an I/O error (each stops the server).
+    pub shard_failures: Counter,
     close_frames_unsent: Family<ReasonLabel, Counter>,
     /// The event channel's loss counters, once a sink is attached.
     event_drops: OnceLock<Arc<EventDrops>>,
@@ -137,6 +139,7 @@ impl Stats {
             proxy_refused: Counter::default(),
             sweeps_deferred: Counter::default(),
             evictions_deferred: Counter::default(),
+            shard_failures: Counter::default(),
             close_frames_unsent: Family::default(),
             event_drops: OnceLock::new(),
             extra: Extras(Mutex::new(Vec::new())),
@@ -275,6 +278,11 @@ impl Stats {
             "ringbeat_evictions_deferred",
             "Evictions deferred one tick: input was waiting in the kernel",
             self.evictions_deferred.clone(),
+        );
+        r.register(
+            "ringbeat_shard_failures",
+            "Shards stopped by an I/O error from their ring (each stops the server)",
+            self.shard_failures.clone(),
         );
         r.register(
             "ringbeat_close_frames_unsent",

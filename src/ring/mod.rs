@@ -541,6 +541,16 @@ pub fn eventfd() -> io::Result<std::fs::File> {
     }))
 }
 
+/// Closes a compat-mode connection's descriptor outside the ring: a shard
+/// whose ring failed cannot queue the close, and a socket left open would
+/// keep its client connected to no one until the process exits.
+pub fn close_raw(fd: std::os::fd::RawFd) {
+    assert!(fd >= 0, "no descriptor to close");
+    // SAFETY: the caller owns `fd` (a compat slot's accepted socket) and
+    // forgets it; the OwnedFd closes it once, here.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft
 /// limit. The fixed-file table of each ring is capped by it.
 pub fn raise_nofile_limit() -> io::Result<u64> {

@@ -6,10 +6,15 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::{Phase, Shard, EXIT_WAIT, SHUTDOWN_GRACE};
+use crate::conn_table::flag;
 use crate::engine::Command;
 use crate::mailbox::{Holder, ShardMsg, ToHome};
 use crate::ring::ACCEPTS_PER_LISTENER;
 use crate::user_data::{Op, UserData};
+
+/// Rounds of the engine's commands a failed shard carries out (events and
+/// messages only): its shutdown's closes need one, the bound is slack.
+const FAIL_ROUNDS_MAX: usize = 4;
 
 impl Shard {
     /// Hands every message waiting in the inbox to the engine.
@@ -26,6 +31,7 @@ impl Shard {
             ShardMsg::Home(m) => engine.on_home(m),
             ShardMsg::Holder(m) => engine.on_holder(m, &mut self.ring.sends),
             ShardMsg::Shutdown => self.begin_shutdown()?,
+            ShardMsg::Fail => return Err(std::io::Error::other("failure injected by a test")),
         }
         Ok(())
     }
@@ -149,6 +155,58 @@ impl Shard {
         }
         self.spec.engine.shutdown(&mut self.ring.sends);
         Ok(())
+    }
+
+    /// The shard cannot go on: its ring returned an I/O error. A server
+    /// that kept running without it would report its clients online while
+    /// no one serves them (and, in compat mode, keep their sockets open),
+    /// so the whole server stops and the error ends the process: this
+    /// shard's clients are announced offline now (their connections close
+    /// with the ring, without a CLOSE frame), every other shard is told to
+    /// shut down (CLOSE(SHUTDOWN) to its clients).
+    pub(super) fn fail(&mut self, error: &std::io::Error) {
+        tracing::error!(
+            shard = self.spec.id,
+            open = self.spec.engine.table().open_count(),
+            %error,
+            "shard failed: stopping the server"
+        );
+        self.spec.stats.shard_failures.inc();
+        self.spec.engine.shutdown(&mut self.ring.sends);
+        // Only what leaves the ring: events (offline, to the sink and the
+        // cluster) and messages to other shards (registry releases).
+        let mut commands = Vec::new();
+        for _ in 0..FAIL_ROUNDS_MAX {
+            self.spec
+                .engine
+                .take_commands(&mut commands, &mut self.ring.sends);
+            if commands.is_empty() {
+                break;
+            }
+            for command in commands.drain(..) {
+                match command {
+                    Command::Event(_) => {
+                        let _ = self.carry_out_one(command);
+                    }
+                    Command::Message { to, msg } if to != self.spec.id => {
+                        self.spec.peers.send(to, msg);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Compat mode: a slot whose close was submitted may have closed
+        // its fd already (the number may be another socket's by now).
+        let table = self.spec.engine.table();
+        for (slot, fd) in self.fds.iter_mut().enumerate() {
+            if *fd >= 0 && !table.has(slot as u32, flag::CLOSE_SUBMITTED) {
+                crate::ring::close_raw(std::mem::replace(fd, -1));
+            }
+        }
+        self.phase = Phase::Exiting {
+            since: Instant::now(),
+        };
+        self.spec.peers.shutdown_all();
     }
 
     /// Whether the shard is done; moves shutdown along.

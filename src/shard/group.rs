@@ -55,21 +55,35 @@ impl Group {
         })
     }
 
-    /// Runs until every shard has shut down.
+    /// Runs until every shard has shut down. A shard that fails stops the
+    /// server (see `Shard::fail`); the group drives the others through
+    /// their shutdown and then returns the first error.
     pub fn run(mut self) -> std::io::Result<()> {
-        for shard in &mut self.shards {
-            shard.start()?;
-        }
-        while !self.shards.is_empty() {
-            if !self.pass()? {
-                self.sleep()?;
+        let mut failed = None;
+        let mut i = 0;
+        while i < self.shards.len() {
+            match self.shards[i].start() {
+                Ok(()) => i += 1,
+                Err(e) => self.remove_failed(i, e, &mut failed),
             }
         }
-        Ok(())
+        while !self.shards.is_empty() {
+            if self.pass(&mut failed) {
+                continue;
+            }
+            if let Err(e) = self.sleep() {
+                // The thread cannot wait: no shard of it can go on.
+                while !self.shards.is_empty() {
+                    let e = std::io::Error::new(e.kind(), e.to_string());
+                    self.remove_failed(0, e, &mut failed);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Enters every ring that has work; whether any had.
-    fn pass(&mut self) -> std::io::Result<bool> {
+    fn pass(&mut self, failed: &mut Option<std::io::Error>) -> bool {
         let mut entered = false;
         let mut i = 0;
         while i < self.shards.len() {
@@ -82,17 +96,23 @@ impl Group {
                 continue;
             }
             entered = true;
-            let id = shard.spec.id;
-            let exited = shard
-                .pass_ready()
-                .map_err(|e| std::io::Error::new(e.kind(), format!("shard {id}: {e}")))?;
-            if exited {
-                self.shards.swap_remove(i);
-            } else {
-                i += 1;
+            match shard.pass_ready() {
+                Ok(false) => i += 1,
+                Ok(true) => drop(self.shards.swap_remove(i)),
+                Err(e) => self.remove_failed(i, e, failed),
             }
         }
-        Ok(entered)
+        entered
+    }
+
+    /// Shard `i` failed with `e`: it stops the server and leaves the group
+    /// (its ring, and with it its connections, closes); the first error is
+    /// the group's.
+    fn remove_failed(&mut self, i: usize, e: std::io::Error, failed: &mut Option<std::io::Error>) {
+        let mut shard = self.shards.swap_remove(i);
+        shard.fail(&e);
+        let id = shard.spec.id;
+        failed.get_or_insert_with(|| std::io::Error::new(e.kind(), format!("shard {id}: {e}")));
     }
 
     /// Sleeps until a ring signals, unless one already has work.
