@@ -152,7 +152,7 @@ impl Shard {
     }
 
     /// Runs until shutdown completes, on a thread of its own. An error
-    /// stops the whole server (see [`Shard::fail`]).
+    /// stops the whole server (see `Shard::fail`).
     pub fn run(mut self) -> std::io::Result<()> {
         let result = self.serve();
         result.map_err(|e| {
