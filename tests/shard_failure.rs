@@ -9,8 +9,10 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::{args, start, Peer, MODES};
+use common::{args, start, Peer, MODES, SLACK};
 use ringbeat::config::ServeArgs;
 
 const SHUTDOWN: u16 = 5;
@@ -19,6 +21,23 @@ const FAILED: u16 = 0;
 /// The shard a session id names (its top bits, see engine::session).
 fn shard_of(session: u64) -> u16 {
     (session >> 54) as u16 & 0xff
+}
+
+/// Waits until the events file holds `want` `online` lines.
+fn wait_online(events: &Path, want: usize) {
+    let deadline = Instant::now() + SLACK;
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        let online = text
+            .lines()
+            .filter(|l| l.contains(r#""event":"online""#))
+            .count();
+        if online >= want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{online} of {want} online");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -48,6 +67,10 @@ fn a_failed_shard_stops_the_server_and_announces_its_clients_offline() {
                 "clients on the failed shard and on others: {on_failed}"
             );
 
+            // WELCOME answers HELLO at once; `online` follows the home
+            // shard's grant. A client not yet online is never announced
+            // offline either: fail only once every one is.
+            wait_online(&events, peers.len());
             server.inject_shard_failure(FAILED);
             for (p, session) in &mut peers {
                 if shard_of(*session) == FAILED {
@@ -78,8 +101,8 @@ fn a_failed_shard_stops_the_server_and_announces_its_clients_offline() {
                 assert_eq!(
                     offline.get(session).map(String::as_str),
                     Some("shutdown"),
-                    "session {session:#x} (shard {}) announced offline",
-                    shard_of(*session)
+                    "{mode:?} {shards}/{threads}: session {session:#x} (shard {}) announced offline",
+                    shard_of(*session),
                 );
             }
         }
