@@ -7,7 +7,15 @@
 #   mosquitto (the distribution's package; MQTT keepalive with PINGREQ;
 #   installed by scripts/setup.sh --bench, skipped with a note if absent).
 #
-#   bash scripts/bench.sh [--quick] [--clients N] [--rounds N]
+#   bash scripts/bench.sh [--quick] [--clients N] [--rounds N] [--no-pin]
+#
+# The load generator is the instrument, and on a small box it shares the
+# cores with the server it measures: then a server's RTT tail and storm
+# rate say as much about the scheduler as about the server. So by default
+# the server runs on the first half of the cores and the load generator on
+# the other half (taskset; every peer alike, each sizing its threads to the
+# cores it is given), as if the clients were another machine. --no-pin
+# shares every core between the two, as runs before 2026-12-01 did.
 #
 # Prints one table with every figure also as a ratio to ringbeat (fast), and
 # writes results/bench-DATE.json and .md. Each round runs every peer once
@@ -23,12 +31,14 @@ cd "$(dirname "$0")/.."
 clients=15000
 run_s=40
 rounds=3
+pin=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) run_s=20; rounds=1; shift ;;
     --clients) clients=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--clients N] [--rounds N]" >&2; exit 2 ;;
+    --no-pin) pin=0; shift ;;
+    *) echo "usage: $0 [--quick] [--clients N] [--rounds N] [--no-pin]" >&2; exit 2 ;;
   esac
 done
 for v in "$clients" "$rounds"; do
@@ -53,6 +63,14 @@ mkdir -p results
 loadbox_begin bench
 
 interval=1s; timeout=3s; tick=100ms
+cores=$(nproc)
+server_pin=(); load_pin=(); placement="shared: server and load generator on all $cores cores"
+if [ "$pin" = 1 ] && [ "$cores" -ge 2 ]; then
+  half=$((cores / 2))
+  server_pin=(taskset -c "0-$((half - 1))"); load_pin=(taskset -c "$half-$((cores - 1))")
+  placement="pinned: server on cores 0-$((half - 1)), load generator on cores $half-$((cores - 1))"
+fi
+echo "bench: $placement"
 peers=()
 if echo "$features" | grep -q "fast mode: ready"; then peers+=(ringbeat-fast ringbeat-nobatch); else echo "bench: fast mode unavailable here; skipping it"; fi
 # epoll: the lean hand-written epoll server (bench/peers/epoll.rs), the
@@ -89,7 +107,7 @@ for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
       cmd=("$mosquitto_bin" -c "$out-mosquitto.conf")
       protocol=mqtt ;;
   esac
-  "${cmd[@]}" 2> "$out-$peer-r$round.log" &
+  "${server_pin[@]}" "${cmd[@]}" 2> "$out-$peer-r$round.log" &
   server=$!
   pids+=("$server")
   sleep 1
@@ -99,7 +117,7 @@ for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
   # (WELCOME, CONNACK): the storm is timed to the server's answer, not to
   # the kernel's handshake.
   hello=(); [ "$protocol" = ringbeat ] && hello=(--hello)
-  ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp 1000000 --protocol $protocol "${hello[@]}" \
+  "${load_pin[@]}" ./target/release/ringbeat-load --connect 127.0.0.1:$port --clients "$clients" --ramp 1000000 --protocol $protocol "${hello[@]}" \
     --interval $interval --timeout $timeout --tick $tick --mix silent=0.05 --fault-after 3s \
     --duration "${run_s}s" --steady-after 8s --server-pid "$server" --json "$out-$peer-r$round-load.json" \
     2> "$out-$peer-r$round-load.log" > /dev/null || true
@@ -109,8 +127,8 @@ for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
 done
 done
 
-python3 - "$out" "$clients" "$release" "$features" "$rounds" "${peers[@]}" <<'PY'
-import json, statistics, sys
+PLACEMENT="$placement" python3 - "$out" "$clients" "$release" "$features" "$rounds" "${peers[@]}" <<'PY'
+import json, os, statistics, sys
 out, clients, release, features, rounds, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6:]
 
 def measure(p, rnd):
@@ -174,13 +192,13 @@ figs = [("server RSS bytes/conn", "server_rss_bytes_per_conn", "{:.0f}"),
         ("heartbeats/s per core (extrapolated)", "heartbeats_per_s_per_core", "{:,.0f}"),
         ("detection p50 ms", "detection_ms_p50", "{:.0f}"), ("detection p99 ms", "detection_ms_p99", "{:.0f}"),
         ("detection max ms (worst round)", "detection_ms_max", "{:.0f}"), ("RTT p99 µs", "rtt_us_p99", "{:.0f}"),
-        ("accept rate/s: storm answered per s (co-located load; see BENCH.md)", "accept_rate_per_s", "{:,.0f}"),
+        ("accept rate/s: storm answered per s (see BENCH.md)", "accept_rate_per_s", "{:,.0f}"),
         ("accept cost: server CPU µs per client over the storm", "accept_server_us_per_client", "{:.1f}"),
         ("accept → answer p99 ms (storm)", "accept_answer_ms_p99", "{:.1f}"),
         ("false evictions (server's fault)", "false_evictions", "{}"),
         ("late-client evictions (load generator's fault)", "late_client_evictions", "{}"), ("silent evicted", "silent_evicted", "{}")]
 lines = [f"# bench {out.split('bench-')[1]}", "",
-         f"kernel {release}; {features}", "",
+         f"kernel {release}; {features}", "", "Placement: " + os.environ.get("PLACEMENT", "?") + ".", "",
          f"{clients} clients per peer, each saying HELLO (MQTT: CONNECT) at once, then PING every 1s (±10%), timeout 3s, 5% silent. Ratios are peer / {peers[0]}.",
          f"{rounds} round(s), each running every peer in turn; figures are medians over the rounds, evictions are totals.",
          "mosquitto speaks MQTT: CONNECT keepalive 2 s (it closes after 1.5 × keepalive = 3 s), PINGREQ as the PING.", "",
@@ -194,8 +212,18 @@ for label, key, fmt in figs:
             cell += f" ({v / base[key]:.2f}×)"
         cells.append(cell)
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
+# Per round, ringbeat-fast against the lean epoll peer and the best other
+# accept rate (issue 18's bar).
+if "ringbeat-fast" in peers and "epoll" in peers:
+    lines += ["", "| round | CPU-s/1M hb: fast, epoll | RTT p99 fast / epoll | storm answered/s: fast, epoll, best other |", "|---|---|---|---|"]
+    for i in range(1, rounds + 1):
+        m = {p: measure(p, i) for p in peers}
+        f, e = m["ringbeat-fast"], m["epoll"]
+        others = max(m[p]["accept_rate_per_s"] for p in peers if p != "ringbeat-fast")
+        lines.append(f"| {i} | {f['server_cpu_s_per_million_heartbeats']:.2f}, {e['server_cpu_s_per_million_heartbeats']:.2f} "
+                     f"| {f['rtt_us_p99'] / max(e['rtt_us_p99'], 1):.2f}× | {f['accept_rate_per_s']:,.0f}, {e['accept_rate_per_s']:,.0f}, {others:,.0f} |")
 md = "\n".join(lines) + "\n"
-json.dump({"tool": "bench.sh", "schema": 3, "kernel": release, "features": features,
+json.dump({"tool": "bench.sh", "schema": 3, "kernel": release, "features": features, "placement": os.environ.get("PLACEMENT"),
            "clients": clients, "rounds": rounds, "baseline": peers[0], "peers": rows}, open(out + ".json", "w"), indent=2)
 open(out + ".md", "w").write(md)
 print(md)
