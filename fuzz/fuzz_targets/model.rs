@@ -326,6 +326,7 @@ impl Shard {
             ShardMsg::Home(m) => self.e.on_home(m),
             ShardMsg::Holder(m) => self.e.on_holder(m, &mut self.sends),
             ShardMsg::Shutdown => self.e.shutdown(&mut self.sends),
+            ShardMsg::Fail => panic!("the engine never sends Fail (a driver-test message)"),
         }
     }
 
