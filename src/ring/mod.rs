@@ -471,24 +471,12 @@ impl Ring {
 
     /// Submits, runs pending task work (deferred completions of data that
     /// already reached the kernel) and copies out what is ready, without
-    /// sleeping: GETEVENTS with no minimum. (Waiting for one completion
-    /// with a zero timeout, as this did first, armed an hrtimer and went
-    /// through the sleep path whenever nothing had completed, e.g. after
-    /// arming a receive at accept: a quarter of a storm's samples.)
+    /// sleeping: a zero timeout makes the enter carry GETEVENTS.
     pub fn reap_ready(&mut self) -> io::Result<&[Completion]> {
-        const IORING_ENTER_GETEVENTS: u32 = 1;
-        let to_submit = self.uring.submission().len() as u32;
-        // SAFETY: no extended argument and no signal mask are passed; the
-        // SQEs being submitted were pushed by this ring's own methods.
-        let entered = unsafe {
-            self.uring.submitter().enter::<libc::sigset_t>(
-                to_submit,
-                0,
-                IORING_ENTER_GETEVENTS,
-                None,
-            )
-        };
-        self.reap(entered)
+        let zero = types::Timespec::new();
+        let args = types::SubmitArgs::new().timespec(&zero);
+        let waited = self.uring.submitter().submit_with_args(1, &args);
+        self.reap(waited)
     }
 
     fn reap(&mut self, waited: io::Result<usize>) -> io::Result<&[Completion]> {
