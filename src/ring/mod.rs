@@ -471,7 +471,12 @@ impl Ring {
 
     /// Submits, runs pending task work (deferred completions of data that
     /// already reached the kernel) and copies out what is ready, without
-    /// sleeping: a zero timeout makes the enter carry GETEVENTS.
+    /// waiting: a zero timeout makes the enter carry GETEVENTS. When nothing
+    /// has completed that enter walks the kernel's wait path and arms a
+    /// timer; entering with no minimum instead costs a group thread less
+    /// CPU per accepted client but lets it block on its eventfd seven
+    /// times as often in a connect storm, each a wake-up the clients' core
+    /// pays for (measured: docs/BENCH.md, bench/experiments/).
     pub fn reap_ready(&mut self) -> io::Result<&[Completion]> {
         let zero = types::Timespec::new();
         let args = types::SubmitArgs::new().timespec(&zero);
