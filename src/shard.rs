@@ -31,9 +31,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(CLOSE_LINGER_MS as u64 + 
 const EXIT_WAIT: Duration = Duration::from_secs(1);
 /// Completions a busy shard gathers per wake-up, at most `batch_wait` long.
 const BATCH_WANT: usize = 64;
-/// The most enters a sweep makes to run the task work queued before it
-/// (each runs 20 to 40 items; see `Ring::has_task_work`).
-const SWEEP_REAPS_MAX: usize = 64;
 
 /// Which io_uring features a shard uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,21 +230,11 @@ impl Shard {
     /// the task work still pending (completions of data already received)
     /// and hand those completions in first. A tick's evictions so never
     /// race the completions of the same wake-up.
-    /// One enter runs a bounded amount of task work (see
-    /// [`Ring::has_task_work`]), so this enters until none is left, up to
-    /// [`SWEEP_REAPS_MAX`] times (a flood cannot hold the tick back).
     fn before_sweep(&mut self) -> std::io::Result<()> {
-        for _ in 0..SWEEP_REAPS_MAX {
-            self.batch.clear();
-            let cqes = self.ring.reap_ready()?;
-            self.batch.extend_from_slice(cqes);
-            self.handle_batch()?;
-            if !self.ring.has_task_work() {
-                return Ok(());
-            }
-        }
-        self.spec.stats.sweeps_with_task_work_left.inc();
-        Ok(())
+        self.batch.clear();
+        let cqes = self.ring.reap_ready()?;
+        self.batch.extend_from_slice(cqes);
+        self.handle_batch()
     }
 
     /// How long this wait may gather completions: the batch window, cut

@@ -87,9 +87,6 @@ pub struct Stats {
     pub evictions_deferred: Counter,
     /// Shards that stopped on an I/O error (each stops the server).
     pub shard_failures: Counter,
-    /// Sweeps that ran with received data still queued as task work after
-    /// the most enters a sweep waits for (a flood).
-    pub sweeps_with_task_work_left: Counter,
     close_frames_unsent: Family<ReasonLabel, Counter>,
     /// The event channel's loss counters, once a sink is attached.
     event_drops: OnceLock<Arc<EventDrops>>,
@@ -143,7 +140,6 @@ impl Stats {
             sweeps_deferred: Counter::default(),
             evictions_deferred: Counter::default(),
             shard_failures: Counter::default(),
-            sweeps_with_task_work_left: Counter::default(),
             close_frames_unsent: Family::default(),
             event_drops: OnceLock::new(),
             extra: Extras(Mutex::new(Vec::new())),
@@ -287,11 +283,6 @@ impl Stats {
             "ringbeat_shard_failures",
             "Shards stopped by an I/O error from their ring (each stops the server)",
             self.shard_failures.clone(),
-        );
-        r.register(
-            "ringbeat_sweeps_with_task_work_left",
-            "Sweeps that judged their connections while received data was still queued in the kernel (a flood outran the enters a sweep waits for)",
-            self.sweeps_with_task_work_left.clone(),
         );
         r.register(
             "ringbeat_close_frames_unsent",

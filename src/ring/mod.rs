@@ -460,15 +460,6 @@ impl Ring {
         taskrun || overflow || unsubmitted || !self.uring.completion().is_empty()
     }
 
-    /// Whether the kernel holds task work for this ring (IORING_SQ_TASKRUN):
-    /// completions of data that already arrived, not yet posted. An enter
-    /// runs at most 20 items (IO_LOCAL_TW_DEFAULT_MAX) in its wait path, and
-    /// 20 more in its submit path when it submits, and sets the flag again
-    /// when some remain (io_uring/io_uring.c, `__io_run_local_work`).
-    pub fn has_task_work(&mut self) -> bool {
-        self.uring.submission().taskrun()
-    }
-
     /// Submits, runs pending task work (deferred completions of data that
     /// already reached the kernel) and copies out what is ready, without
     /// waiting: a zero timeout makes the enter carry GETEVENTS. When nothing
