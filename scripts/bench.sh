@@ -157,6 +157,7 @@ def measure(p, rnd):
     cpu = steady["server_cpu_s"]
     answered = max(steady["heartbeats_answered"], 1)
     live = max(r["peak_live"], 1)
+    storms = storms_of(p, rnd, r)
     return {
         "connected": r["connected"],
         "server_rss_bytes_per_conn": (s["rss_bytes_at_peak_live"] - rss0) / live,
@@ -177,11 +178,11 @@ def measure(p, rnd):
         # the server leaves it; the server's own cost of accepting and
         # answering a client is the next figure (docs/BENCH.md).
         # Medians over the round's storms (the run's own and the extra ones).
-        "accept_rate_per_s": storm_median(p, rnd, r, lambda s: s["welcome"]["rate_per_s"]),
+        "accept_rate_per_s": storm_median(storms, lambda s: s["welcome"]["rate_per_s"]),
         # None when some client was never answered within the run.
-        "accept_server_us_per_client": storm_median(p, rnd, r, lambda s: (s["storm"] or {}).get("server_cpu_us_per_client")),
-        "accept_answer_ms_p99": storm_median(p, rnd, r, lambda s: s["welcome"]["wait_us_p99"] / 1000),
-        "accept_rate_per_s_storms": [s["welcome"]["rate_per_s"] for s in storms_of(p, rnd, r)],
+        "accept_server_us_per_client": storm_median(storms, lambda s: (s["storm"] or {}).get("server_cpu_us_per_client")),
+        "accept_answer_ms_p99": storm_median(storms, lambda s: s["welcome"]["wait_us_p99"] / 1000),
+        "accept_rate_per_s_storms": [s["welcome"]["rate_per_s"] for s in storms],
     }
 
 def storms_of(p, rnd, run):
@@ -189,8 +190,8 @@ def storms_of(p, rnd, run):
                    if f.startswith(os.path.basename(f"{out}-{p}-r{rnd}-storm")) and f.endswith(".json"))
     return [run] + [json.load(open(os.path.join(os.path.dirname(out) or ".", f))) for f in extra]
 
-def storm_median(p, rnd, run, fig):
-    values = [fig(s) for s in storms_of(p, rnd, run)]
+def storm_median(storms, fig):
+    values = [fig(s) for s in storms]
     if any(v is None for v in values):
         return None
     return statistics.median(values)
@@ -246,7 +247,7 @@ for label, key, fmt in figs:
 if "ringbeat-fast" in peers and "epoll" in peers:
     lines += ["", "| round | CPU-s/1M hb: fast, epoll | RTT p99 fast / epoll | storm answered/s: fast, epoll, best other |", "|---|---|---|---|"]
     for i in range(1, rounds + 1):
-        m = {p: measure(p, i) for p in peers}
+        m = {p: rows[p]["rounds"][i - 1] for p in peers}
         f, e = m["ringbeat-fast"], m["epoll"]
         others = max(m[p]["accept_rate_per_s"] for p in peers if p != "ringbeat-fast")
         lines.append(f"| {i} | {f['server_cpu_s_per_million_heartbeats']:.2f}, {e['server_cpu_s_per_million_heartbeats']:.2f} "
