@@ -31,6 +31,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(CLOSE_LINGER_MS as u64 + 
 const EXIT_WAIT: Duration = Duration::from_secs(1);
 /// Completions a busy shard gathers per wake-up, at most `batch_wait` long.
 const BATCH_WANT: usize = 64;
+/// Free send chunks below which a pass sends what it queued and takes the
+/// chunks back before it handles more completions (`relieve_sends`): more
+/// than one completion can need (a receive full of pipelined PINGs queues
+/// at most `send_pool::QUEUE_CHUNKS_MAX` chunks).
+const SEND_LOW_WATER_CHUNKS: usize = 2 * crate::send_pool::QUEUE_CHUNKS_MAX as usize;
 
 /// Which io_uring features a shard uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +104,8 @@ pub struct Shard {
     /// The tick this shard last merged its histograms into the shared ones.
     merged_tick: u32,
     batch: Vec<Completion>,
+    /// Completions taken mid-pass by `relieve_sends`.
+    reaped: Vec<Completion>,
     phase: Phase,
     /// Listeners whose accepts must be re-armed at the next tick (ENFILE).
     accept_paused: Vec<(u32, u32)>,
@@ -134,6 +141,7 @@ impl Shard {
             inbox_woken: false,
             merged_tick: 0,
             batch: Vec::new(),
+            reaped: Vec::new(),
             phase: Phase::Running,
             accept_paused: Vec::new(),
             accept_failures: 0,
@@ -219,11 +227,47 @@ impl Shard {
     }
 
     fn handle_batch(&mut self) -> std::io::Result<()> {
-        for i in 0..self.batch.len() {
+        let low_water = SEND_LOW_WATER_CHUNKS.min(self.ring.sends.capacity() / 4);
+        let mut relief = true;
+        let mut i = 0;
+        // `relieve_sends` may append to the batch.
+        while i < self.batch.len() {
+            if relief && self.ring.sends.available() < low_water {
+                relief = self.relieve_sends(low_water)?;
+            }
             let cqe = self.batch[i];
             self.on_completion(cqe)?;
+            i += 1;
         }
         Ok(())
+    }
+
+    /// A burst (a connect storm, the backlog of a stalled box) can queue
+    /// more replies in one pass than the shard has send chunks, and past
+    /// that every reply would close its connection with CLOSE(OVERLOADED)
+    /// though nothing is wrong but timing. So before the chunks run out:
+    /// carry out the engine's commands (its queued sends reach the kernel,
+    /// which takes TCP sends at once), take what completed, hand in the send
+    /// completions (they free the chunks) and keep the rest after this batch,
+    /// in order. Whether it freed enough to be worth doing again this pass
+    /// (a peer that does not read keeps its chunks; the per-connection
+    /// queue limit ends it).
+    fn relieve_sends(&mut self, low_water: usize) -> std::io::Result<bool> {
+        self.spec.stats.send_pool_reliefs.inc();
+        self.carry_out()?;
+        let mut reaped = std::mem::take(&mut self.reaped);
+        reaped.clear();
+        reaped.extend_from_slice(self.ring.reap_ready()?);
+        for &cqe in &reaped {
+            let op = UserData::decode(cqe.user_data).map(|ud| ud.op);
+            if matches!(op, Some(Op::Send | Op::CloseFrame)) {
+                self.on_completion(cqe)?;
+            } else {
+                self.batch.push(cqe);
+            }
+        }
+        self.reaped = reaped;
+        Ok(self.ring.sends.available() >= low_water)
     }
 
     /// The sweep must see every frame that reached the kernel in time: run

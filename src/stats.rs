@@ -70,6 +70,8 @@ pub struct Stats {
     pub probes_sent: Counter,
     pub recv_no_buffers: Counter,
     pub send_pool_exhausted: Counter,
+    /// Passes that sent their queued replies early to get send chunks back.
+    pub send_pool_reliefs: Counter,
     pub stash_exhausted: Counter,
     pub recv_paused: Counter,
     pub io_errors: Counter,
@@ -125,6 +127,7 @@ impl Stats {
             probes_sent: Counter::default(),
             recv_no_buffers: Counter::default(),
             send_pool_exhausted: Counter::default(),
+            send_pool_reliefs: Counter::default(),
             stash_exhausted: Counter::default(),
             recv_paused: Counter::default(),
             io_errors: Counter::default(),
@@ -208,6 +211,11 @@ impl Stats {
             "ringbeat_send_pool_exhausted",
             "Connections closed because the shard's send chunks ran out",
             self.send_pool_exhausted.clone(),
+        );
+        r.register(
+            "ringbeat_send_pool_reliefs",
+            "Passes that sent their queued replies early because the shard's send chunks ran low (a burst); each spares connections a CLOSE(OVERLOADED)",
+            self.send_pool_reliefs.clone(),
         );
         r.register(
             "ringbeat_stash_exhausted",

@@ -169,6 +169,52 @@ fn signal(pid: u32, sig: &str) {
 }
 
 #[test]
+fn a_burst_past_the_send_pool_is_answered_not_overloaded() {
+    // 300 HELLOs reach a stopped server whose shards have 16 send chunks
+    // each; when it runs again one pass takes more HELLOs than it has
+    // chunks for WELCOMEs. A burst is not overload: every client must be
+    // welcomed, none closed with CLOSE(OVERLOADED).
+    let dir = std::env::temp_dir().join(format!("ringbeat-burst-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("small-pool.toml");
+    std::fs::write(&config, "send_chunks = 16\n").unwrap();
+    for mode in MODES {
+        let flags = ["--io-mode", mode, "--config", config.to_str().unwrap()];
+        let server = spawn_server(&flags);
+        let mut peers: Vec<Peer> = (0..300).map(|_| Peer::connect(server.listen)).collect();
+        let accepted = || child_metric(server.metrics, "ringbeat_accepted_total");
+        let started = Instant::now();
+        while accepted() < 300 {
+            assert!(started.elapsed() < common::SLACK, "{mode}: accepts");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = server.child.id();
+        signal(pid, "-STOP");
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.hello(5_000 + i as u64, 0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        signal(pid, "-CONT");
+        for p in &mut peers {
+            p.expect_welcome();
+        }
+        let overloaded = child_metric(
+            server.metrics,
+            "ringbeat_closed_total{reason=\"overloaded\"}",
+        );
+        let exhausted = child_metric(server.metrics, "ringbeat_send_pool_exhausted_total");
+        let reliefs = child_metric(server.metrics, "ringbeat_send_pool_reliefs_total");
+        assert_eq!(
+            (overloaded, exhausted),
+            (0, 0),
+            "{mode}: a burst closed clients"
+        );
+        eprintln!("{mode}: 300 HELLOs in a burst on 16-chunk pools: {reliefs} reliefs");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_stalled_server_is_late_never_wrong() {
     // The server is stopped for twice the timeout while every client keeps
     // sending PINGs into its kernel buffers. When it runs again its ticks
