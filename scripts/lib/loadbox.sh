@@ -43,6 +43,42 @@ loadbox_netns() {
 }
 loadbox_in=()
 
+# `loadbox_veth SERVER_MASK LOAD_MASK`: the load generator gets a network
+# namespace of its own, joined to this one by a veth pair: the server's end
+# is $veth_server (198.18.0.1, in the benchmarking range of RFC 2544), the
+# load end carries 64 source addresses from $veth_source (198.18.0.2). Receive
+# Packet Steering puts each end's TCP input on its own side's cores (hex
+# cpu masks), as between two machines. On loopback the sender's core runs
+# the receiver's TCP input: the load generator's core did the server's
+# handshakes and HELLOs, the server's core its clients' WELCOMEs and PONGs.
+# Run the load generator with `$loadbox_in`. Returns 1 (and the caller
+# falls back to loopback) where that cannot be done.
+loadbox_veth() {
+  local srv="rbs$$" ld="rbl$$" i
+  command -v ip >/dev/null || return 1
+  [ -e /sys/class/net/lo/queues/rx-0/rps_cpus ] || return 1
+  loadbox_ns="$loadbox_tag-$$"
+  ip netns add "$loadbox_ns" || { loadbox_ns=""; return 1; }
+  # Called as `loadbox_veth … || fallback`, where set -e does not act:
+  # each step checks itself. Deleting the namespace at exit deletes the pair.
+  ip link add "$srv" type veth peer name "$ld" netns "$loadbox_ns" || return 1
+  ip addr add 198.18.0.1/24 dev "$srv" && ip link set "$srv" up || return 1
+  ip netns exec "$loadbox_ns" ip link set lo up || return 1
+  for i in $(seq 2 65); do
+    ip netns exec "$loadbox_ns" ip addr add "198.18.0.$i/24" dev "$ld" || return 1
+  done
+  ip netns exec "$loadbox_ns" ip link set "$ld" up || return 1
+  echo "$1" > "/sys/class/net/$srv/queues/rx-0/rps_cpus" || return 1
+  ip netns exec "$loadbox_ns" sh -c "echo $2 > /sys/class/net/$ld/queues/rx-0/rps_cpus" || return 1
+  # Steered packets wait in the target core's backlog, 1,000 by default:
+  # a load worker keeps up to 1,024 connects in flight.
+  load_sysctl_set "$loadbox_tag" net.core.netdev_max_backlog 65535 || return 1
+  loadbox_in=(ip netns exec "$loadbox_ns")
+  veth_server=198.18.0.1
+  veth_source=198.18.0.2
+  echo "$loadbox_tag: load generator in namespace $loadbox_ns over veth $srv/$ld, receive steered: server end to cpus 0x$1, load end to 0x$2"
+}
+
 #   load_sysctls_apply TAG    # prints "TAG: sysctl k: 'old' -> 'new'"
 #   load_sysctls_restore TAG  # writes the saved values back (call from a trap)
 declare -A load_sysctls_want=(

@@ -17,7 +17,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (use e.g. 200ms, 3s, 1m)"))
 }
 
-/// Drive simulated heartbeat clients against a ringbeat server (loopback only).
+/// Drive simulated heartbeat clients against a ringbeat server (loopback,
+/// or from addresses named with --source-from).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringbeat-load", version)]
 pub struct LoadArgs {
@@ -66,9 +67,16 @@ pub struct LoadArgs {
     /// Worker threads, one io_uring each [default: clients / 19000, rounded up]
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Source addresses 127.0.0.1 .. 127.0.0.N (ephemeral ports are per source)
+    /// Source addresses 127.0.0.1 .. 127.0.0.N, or N from --source-from
+    /// (ephemeral ports are per source)
     #[arg(long, default_value_t = 64)]
     pub sources: u8,
+    /// First source address, the rest consecutive: a local address that
+    /// reaches the targets (e.g. one end of a veth pair). Required for
+    /// targets outside 127.0.0.0/8, so a load never leaves loopback by
+    /// accident
+    #[arg(long, value_name = "IPV4")]
+    pub source_from: Option<Ipv4Addr>,
     /// Also measure server CPU per heartbeat over a steady window: from this
     /// time since the start (after the ramp, first PINGs and evictions)
     /// until the end, so connects and teardown are left out
@@ -155,13 +163,13 @@ pub struct LoadConfig {
 impl LoadConfig {
     pub fn from_args(args: LoadArgs) -> Result<LoadConfig, String> {
         for a in &args.connect {
-            if !a.ip().is_loopback() {
-                return Err(format!(
-                    "--connect {a}: only 127.0.0.0/8 targets are allowed"
-                ));
-            }
             if !matches!(a.ip(), IpAddr::V4(_)) {
                 return Err(format!("--connect {a}: IPv4 only"));
+            }
+            if !a.ip().is_loopback() && args.source_from.is_none() {
+                return Err(format!(
+                    "--connect {a}: a target outside 127.0.0.0/8 needs --source-from (the local addresses to load it from)"
+                ));
             }
         }
         if args.clients == 0 || args.ramp == 0 {
@@ -204,9 +212,11 @@ impl LoadConfig {
             return Err("--hello is for ringbeat; MQTT clients always send CONNECT".into());
         }
         let model = jitter_model(&args)?;
-        let sources = (1..=args.sources)
-            .map(|i| Ipv4Addr::new(127, 0, 0, i))
-            .collect();
+        let first = args.source_from.unwrap_or(Ipv4Addr::new(127, 0, 0, 1));
+        let sources = (0..u32::from(args.sources))
+            .map(|i| u32::from(first).checked_add(i).map(Ipv4Addr::from))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("--source-from + --sources runs past 255.255.255.255")?;
         let timing = Timing {
             interval_ns: args.interval.as_nanos() as u64,
             jitter: args.jitter / 100.0,
@@ -290,5 +300,16 @@ mod tests {
         assert_eq!(c.endpoints(1), (Ipv4Addr::new(127, 0, 0, 1), 1));
         assert_eq!(c.endpoints(2), (Ipv4Addr::new(127, 0, 0, 2), 0));
         assert_eq!(c.endpoints(9), (Ipv4Addr::new(127, 0, 0, 1), 1));
+    }
+
+    #[test]
+    fn a_target_off_loopback_needs_its_sources_named() {
+        let off = ["--connect", "10.77.0.1:7701"];
+        assert!(parse(&off).is_err());
+        let c =
+            parse(&[&off[..], &["--source-from", "10.77.0.2", "--sources", "3"]].concat()).unwrap();
+        assert_eq!(c.endpoints(2), (Ipv4Addr::new(10, 77, 0, 3), 0));
+        let wrap = ["--source-from", "255.255.255.254", "--sources", "3"];
+        assert!(parse(&wrap).is_err());
     }
 }
