@@ -24,7 +24,7 @@
 # as runs before 2026-12-01 did.
 #
 # Each peer's run starts with a connect storm (every client at once); then
-# --storms - 1 more storms (default 3 in all) run against the same server,
+# --storms - 1 more storms (default 5 in all) run against the same server,
 # and a round's accept figures are the median of its storms.
 #
 # Prints one table with every figure also as a ratio to ringbeat (fast), and
@@ -41,7 +41,7 @@ cd "$(dirname "$0")/.."
 clients=15000
 run_s=40
 rounds=3
-storms=3
+storms=5
 pin=1
 veth=1
 while [ $# -gt 0 ]; do
@@ -154,9 +154,10 @@ for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
     2> "$out-$peer-r$round-load.log" > /dev/null || true
   echo "$rss0" > "$out-$peer-r$round-rss0"
   # A storm lasts half a second; one is noisier than the host's drift (the
-  # same peer: 19K-30K per s in one hour of 2026-12-01). Two more storms on
-  # the same server (its clients of the run above gone first); the round's
-  # accept figures are the median of the three.
+  # same build: 21-35K per s in ten alternating storms over the veth pair,
+  # 2026-12-01 16:05). Four more storms on the same server (its clients of
+  # the run above gone first); the round's accept figures are the median
+  # of the five.
   for storm in $(seq 2 "$storms"); do
     sleep 2
     "${loadbox_in[@]}" "${load_pin[@]}" ./target/release/ringbeat-load --connect $server_ip:$port "${source_from[@]}" --clients "$clients" --ramp 1000000 --protocol $protocol "${hello[@]}" \
