@@ -77,28 +77,7 @@ mkdir -p results
 loadbox_begin bench
 
 interval=1s; timeout=3s; tick=100ms
-cores=$(nproc)
-server_pin=(); load_pin=(); placement="shared: server and load generator on all $cores cores"
-if [ "$pin" = 1 ] && [ "$cores" -ge 2 ]; then
-  half=$((cores / 2))
-  server_pin=(taskset -c "0-$((half - 1))"); load_pin=(taskset -c "$half-$((cores - 1))")
-  placement="pinned: server on cores 0-$((half - 1)), load generator on cores $half-$((cores - 1))"
-else
-  veth=0
-fi
-server_ip=127.0.0.1; source_from=()
-if [ "$veth" = 1 ]; then
-  server_mask=$(printf '%x' $(( (1 << half) - 1 )))
-  load_mask=$(printf '%x' $(( ((1 << cores) - 1) ^ ((1 << half) - 1) )))
-  if loadbox_veth "$server_mask" "$load_mask"; then
-    server_ip=$veth_server; source_from=(--source-from "$veth_source")
-    placement="$placement, over a veth pair, each end's receive on its own side's cores"
-  else
-    echo "bench: could not set up the veth pair; measuring over loopback"
-    veth=0
-  fi
-fi
-[ "$veth" = 1 ] || placement="$placement, over loopback"
+loadbox_place "$pin" "$veth"
 echo "bench: $placement"
 peers=()
 if echo "$features" | grep -q "fast mode: ready"; then peers+=(ringbeat-fast ringbeat-nobatch); else echo "bench: fast mode unavailable here; skipping it"; fi
@@ -119,7 +98,7 @@ shift_by=$(( (round - 1) % ${#peers[@]} ))
 for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
   # This peer's kernel bytes are its own (over veth the load generator's
   # sockets are in its namespace: count every namespace's).
-  if [ "$veth" = 1 ]; then wait_sockets_freed bench alloc; else wait_sockets_freed bench; fi
+  if [ ${#loadbox_in[@]} -gt 0 ]; then wait_sockets_freed bench alloc; else wait_sockets_freed bench; fi
   port=$((port + 1))
   protocol=ringbeat
   args=(--listen $server_ip:$port --interval $interval --timeout $timeout)

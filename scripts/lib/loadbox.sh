@@ -43,6 +43,33 @@ loadbox_netns() {
 }
 loadbox_in=()
 
+# `loadbox_place PIN VETH`: where the server and the load generator run.
+# PIN=1 (and 2+ cores): the server on the first half of the cores, the load
+# generator on the other half (`server_pin`, `load_pin`: taskset prefixes);
+# VETH=1 as well: the load generator over its own veth pair (loadbox_veth),
+# else over loopback. Sets `server_ip`, `source_from` (ringbeat-load flags),
+# `server_cpus` and `placement` (one line for the report).
+loadbox_place() {
+  local cores half
+  cores=$(nproc)
+  server_pin=(); load_pin=(); server_ip=127.0.0.1; source_from=(); server_cpus="0-$((cores - 1))"
+  placement="shared: server and load generator on all $cores cores, over loopback"
+  if [ "$1" != 1 ] || [ "$cores" -lt 2 ]; then return 0; fi
+  half=$((cores / 2))
+  server_cpus="0-$((half - 1))"
+  server_pin=(taskset -c "$server_cpus"); load_pin=(taskset -c "$half-$((cores - 1))")
+  placement="pinned: server on cores $server_cpus, load generator on cores $half-$((cores - 1))"
+  if [ "$2" = 1 ]; then
+    if loadbox_veth "$(printf '%x' $(( (1 << half) - 1 )))" "$(printf '%x' $(( ((1 << cores) - 1) ^ ((1 << half) - 1) )))"; then
+      server_ip=$veth_server; source_from=(--source-from "$veth_source")
+      placement="$placement, over a veth pair, each end's receive on its own side's cores"
+      return 0
+    fi
+    echo "$loadbox_tag: could not set up the veth pair; over loopback"
+  fi
+  placement="$placement, over loopback"
+}
+
 # `loadbox_veth SERVER_MASK LOAD_MASK`: the load generator gets a network
 # namespace of its own, joined to this one by a veth pair: the server's end
 # is $veth_server (198.18.0.1, in the benchmarking range of RFC 2544), the
