@@ -4,6 +4,7 @@
 //! each other through (`mailbox`).
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -165,6 +166,14 @@ fn listener(addr: SocketAddr, config: &Config) -> anyhow::Result<Socket> {
         .bind(&addr.into())
         .with_context(|| format!("cannot listen on {addr}"))?;
     socket.listen(65_535)?;
+    // Delayed ACKs from the first byte: every client speaks first (HELLO,
+    // or a proxy's header) and the server answers at once, so the ACK rides
+    // on the answer. A new connection otherwise starts in quick-ACK mode and
+    // ACKs the HELLO in a packet of its own, a third of what a client
+    // receives in its handshake. Accepted sockets inherit the mode; the
+    // kernel leaves it by itself when an answer is late (its delayed-ACK
+    // timer fires).
+    ring::set_tcp_option(socket.as_raw_fd(), libc::TCP_QUICKACK, 0)?;
     Ok(socket)
 }
 
@@ -591,4 +600,37 @@ fn shard_spec(
             0
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// The HELLO's ACK rides on the WELCOME: the listener delays ACKs, and
+    /// a connection it accepts starts that way (TCP_QUICKACK reads 0 when
+    /// delayed-ACK mode is on). A kernel whose children did not inherit the
+    /// mode would cost every client one more packet per handshake.
+    #[test]
+    fn accepted_connections_delay_their_acks() {
+        let config = Config::default();
+        let socket = listener("127.0.0.1:0".parse().unwrap(), &config).unwrap();
+        assert_eq!(
+            ring::tcp_option(socket.as_raw_fd(), libc::TCP_QUICKACK).unwrap(),
+            0
+        );
+        let listener: TcpListener = socket.into();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"x").unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        accepted.read_exact(&mut byte).unwrap();
+        assert_eq!(
+            ring::tcp_option(accepted.as_raw_fd(), libc::TCP_QUICKACK).unwrap(),
+            0
+        );
+    }
 }
