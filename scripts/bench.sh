@@ -23,9 +23,10 @@
 # 2026-12-01 before 16:30 UTC); --no-pin shares every core over loopback,
 # as runs before 2026-12-01 did.
 #
-# Each peer's run starts with a connect storm (every client at once); then
-# --storms - 1 more storms (default 5 in all) run against the same server,
-# and a round's accept figures are the median of its storms.
+# After every peer's run, the round's connect storms (every client at
+# once): --storms per peer (default 5), taken in turns across the peers,
+# every peer's server running (storm_round); a round's accept figures are
+# the median of its storms.
 #
 # Prints one table with every figure also as a ratio to ringbeat (fast), and
 # writes results/bench-DATE.json and .md. Each round runs every peer once
@@ -93,15 +94,12 @@ else
 fi
 
 port=7730
-for round in $(seq "$rounds"); do
-shift_by=$(( (round - 1) % ${#peers[@]} ))
-for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
-  # This peer's kernel bytes are its own (over veth the load generator's
-  # sockets are in its namespace: count every namespace's).
-  if [ ${#loadbox_in[@]} -gt 0 ]; then wait_sockets_freed bench alloc; else wait_sockets_freed bench; fi
-  port=$((port + 1))
+# Starts $1's server on port $2, its stderr to $3; sets `server` (its pid)
+# and `protocol`.
+start_server() {
+  local peer=$1 port=$2 log=$3 cmd
   protocol=ringbeat
-  args=(--listen $server_ip:$port --interval $interval --timeout $timeout)
+  local args=(--listen $server_ip:$port --interval $interval --timeout $timeout)
   case $peer in
     ringbeat-fast) cmd=(./target/release/ringbeat serve --io-mode fast --shards 2 --tick $tick "${args[@]}") ;;
     # Fast mode without batched waits: the RTT it buys back, the CPU it costs.
@@ -113,39 +111,75 @@ for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
     mosquitto)
       # Clients ask for keepalive 2 s; the broker closes after 1.5 × that = 3 s.
       printf '%s\n' "listener $port $server_ip" "allow_anonymous true" "persistence false" \
-        "max_keepalive 65535" "log_dest stderr" "log_type error" "log_type warning" > "$out-mosquitto.conf"
-      cmd=("$mosquitto_bin" -c "$out-mosquitto.conf")
+        "max_keepalive 65535" "log_dest stderr" "log_type error" "log_type warning" > "$out-mosquitto-$port.conf"
+      cmd=("$mosquitto_bin" -c "$out-mosquitto-$port.conf")
       protocol=mqtt ;;
   esac
-  "${server_pin[@]}" "${cmd[@]}" 2> "$out-$peer-r$round.log" &
+  "${server_pin[@]}" "${cmd[@]}" 2> "$log" &
   server=$!
   pids+=("$server")
+}
+
+# Every client names itself (HELLO, or MQTT's CONNECT) and is answered
+# (WELCOME, CONNACK): a storm is timed to the server's answer, not to the
+# kernel's handshake.
+hello_args() { hello=(); [ "$1" = ringbeat ] && hello=(--hello); return 0; }
+
+# The round's connect storms (every client at once), --storms per peer,
+# taken in turns: every peer's server runs (idle between its storms), and
+# storm k goes to each peer in turn, starting one peer further on each
+# time. A storm lasts half a second; the same build's storms spread 21-35K
+# per s over the veth pair (2026-12-01), and this host drifts for minutes
+# at a time, so a peer's storms taken back to back shared its luck; taken
+# in turns, the drift lands on every peer alike. A round's accept figures
+# are the median of its storms.
+storm_round() {
+  local round=$1 peer i k n=${#peers[@]}
+  local -a spid sport sproto
+  for i in "${!peers[@]}"; do
+    port=$((port + 1))
+    start_server "${peers[$i]}" $port "$out-${peers[$i]}-r$round-storms.log"
+    spid[$i]=$server; sport[$i]=$port; sproto[$i]=$protocol
+  done
+  sleep 1
+  echo "bench: round $round/$rounds: $storms storms per peer, in turns"
+  for storm in $(seq "$storms"); do
+    for k in $(seq 0 $((n - 1))); do
+      i=$(( (k + storm - 1 + round - 1) % n )); peer=${peers[$i]}
+      # The last storm's sockets closed, so the host's teardown of them is
+      # not this one's cost.
+      if [ ${#loadbox_in[@]} -gt 0 ]; then wait_sockets_freed bench alloc; else wait_sockets_freed bench; fi
+      hello_args "${sproto[$i]}"
+      "${loadbox_in[@]}" "${load_pin[@]}" ./target/release/ringbeat-load --connect $server_ip:${sport[$i]} "${source_from[@]}" --clients "$clients" --ramp 1000000 --protocol ${sproto[$i]} "${hello[@]}" \
+        --interval $interval --timeout $timeout --tick $tick --duration 2s --server-pid "${spid[$i]}" \
+        --json "$out-$peer-r$round-storm$storm.json" 2>> "$out-$peer-r$round-storms-load.log" > /dev/null || true
+      sleep 1
+    done
+  done
+  for i in "${!peers[@]}"; do kill "${spid[$i]}" 2>/dev/null || true; wait "${spid[$i]}" 2>/dev/null || true; done
+}
+
+for round in $(seq "$rounds"); do
+shift_by=$(( (round - 1) % ${#peers[@]} ))
+for peer in "${peers[@]:shift_by}" "${peers[@]:0:shift_by}"; do
+  # This peer's kernel bytes are its own (over veth the load generator's
+  # sockets are in its namespace: count every namespace's).
+  if [ ${#loadbox_in[@]} -gt 0 ]; then wait_sockets_freed bench alloc; else wait_sockets_freed bench; fi
+  port=$((port + 1))
+  start_server "$peer" $port "$out-$peer-r$round.log"
   sleep 1
   rss0=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
   echo "bench: round $round/$rounds: $peer: $clients clients, interval $interval, ${run_s}s"
-  # Every client names itself (HELLO, or MQTT's CONNECT) and is answered
-  # (WELCOME, CONNACK): the storm is timed to the server's answer, not to
-  # the kernel's handshake.
-  hello=(); [ "$protocol" = ringbeat ] && hello=(--hello)
+  hello_args "$protocol"
   "${loadbox_in[@]}" "${load_pin[@]}" ./target/release/ringbeat-load --connect $server_ip:$port "${source_from[@]}" --clients "$clients" --ramp 1000000 --protocol $protocol "${hello[@]}" \
     --interval $interval --timeout $timeout --tick $tick --mix silent=0.05 --fault-after 3s \
     --duration "${run_s}s" --steady-after 8s --server-pid "$server" --json "$out-$peer-r$round-load.json" \
     2> "$out-$peer-r$round-load.log" > /dev/null || true
   echo "$rss0" > "$out-$peer-r$round-rss0"
-  # A storm lasts half a second; one is noisier than the host's drift (the
-  # same build: 21-35K per s in ten alternating storms over the veth pair,
-  # 2026-12-01 16:05). Four more storms on the same server (its clients of
-  # the run above gone first); the round's accept figures are the median
-  # of the five.
-  for storm in $(seq 2 "$storms"); do
-    sleep 2
-    "${loadbox_in[@]}" "${load_pin[@]}" ./target/release/ringbeat-load --connect $server_ip:$port "${source_from[@]}" --clients "$clients" --ramp 1000000 --protocol $protocol "${hello[@]}" \
-      --interval $interval --timeout $timeout --tick $tick --duration 2s --server-pid "$server" \
-      --json "$out-$peer-r$round-storm$storm.json" 2>> "$out-$peer-r$round-load.log" > /dev/null || true
-  done
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
 done
+storm_round "$round"
 done
 
 PLACEMENT="$placement" python3 - "$out" "$clients" "$release" "$features" "$rounds" "${peers[@]}" <<'PY'
@@ -182,7 +216,7 @@ def measure(p, rnd):
         # accept, so this rate is mostly the load generator's, and the CPU
         # the server leaves it; the server's own cost of accepting and
         # answering a client is the next figure (docs/BENCH.md).
-        # Medians over the round's storms (the run's own and the extra ones).
+        # Medians over the round's storms (storm_round).
         "accept_rate_per_s": storm_median(storms, lambda s: s["welcome"]["rate_per_s"]),
         # None when some client was never answered within the run.
         "accept_server_us_per_client": storm_median(storms, lambda s: (s["storm"] or {}).get("server_cpu_us_per_client")),
@@ -191,9 +225,12 @@ def measure(p, rnd):
     }
 
 def storms_of(p, rnd, run):
-    extra = sorted(f for f in os.listdir(os.path.dirname(out) or ".")
-                   if f.startswith(os.path.basename(f"{out}-{p}-r{rnd}-storm")) and f.endswith(".json"))
-    return [run] + [json.load(open(os.path.join(os.path.dirname(out) or ".", f))) for f in extra]
+    """The round's storms of `p` (storm_round); the run's own opening storm
+    is not one of them."""
+    d = os.path.dirname(out) or "."
+    prefix = os.path.basename(f"{out}-{p}-r{rnd}-storm")
+    return [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d))
+            if f.startswith(prefix) and f[len(prefix):-5].isdigit() and f.endswith(".json")]
 
 def storm_median(storms, fig):
     values = [fig(s) for s in storms]
