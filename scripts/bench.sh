@@ -234,7 +234,8 @@ def storms_of(p, rnd, run):
 
 def storm_median(storms, fig):
     values = [fig(s) for s in storms]
-    if any(v is None for v in values):
+    # No storm on record (its server did not start) or one not answered in full.
+    if not values or any(v is None for v in values):
         return None
     return statistics.median(values)
 

@@ -172,8 +172,11 @@ fn listener(addr: SocketAddr, config: &Config) -> anyhow::Result<Socket> {
     // ACKs the HELLO in a packet of its own, a third of what a client
     // receives in its handshake. Accepted sockets inherit the mode; the
     // kernel leaves it by itself when an answer is late (its delayed-ACK
-    // timer fires).
-    ring::set_tcp_option(socket.as_raw_fd(), libc::TCP_QUICKACK, 0)?;
+    // timer fires). It only saves packets: a kernel that refuses it costs
+    // one more per handshake, not the listener.
+    if let Err(e) = ring::set_tcp_option(socket.as_raw_fd(), libc::TCP_QUICKACK, 0) {
+        tracing::warn!(%addr, error = %e, "cannot delay ACKs on the listener (TCP_QUICKACK)");
+    }
     Ok(socket)
 }
 

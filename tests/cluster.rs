@@ -185,8 +185,9 @@ fn stop(nodes: Vec<Arc<FakeNode>>) {
 }
 
 /// 20 HELLOs with one id over three nodes at once: one holder survives, the
-/// 19 others were closed with TAKEN_OVER (or, rarely, refused), and the directory (read through
-/// the `ringbeat presence` command) names the survivor.
+/// 19 others were closed with TAKEN_OVER (or, rarely, refused), and the
+/// directory (read through the `ringbeat presence` command) names the
+/// survivor.
 #[test]
 fn twenty_hellos_one_id_three_nodes_leave_one_holder() {
     let Some(nats) = Nats::start() else { return };
