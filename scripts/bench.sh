@@ -196,7 +196,7 @@ def measure(p, rnd):
     cpu = steady["server_cpu_s"]
     answered = max(steady["heartbeats_answered"], 1)
     live = max(r["peak_live"], 1)
-    storms = storms_of(p, rnd, r)
+    storms = storms_of(p, rnd)
     return {
         "connected": r["connected"],
         "server_rss_bytes_per_conn": (s["rss_bytes_at_peak_live"] - rss0) / live,
@@ -224,7 +224,7 @@ def measure(p, rnd):
         "accept_rate_per_s_storms": [s["welcome"]["rate_per_s"] for s in storms],
     }
 
-def storms_of(p, rnd, run):
+def storms_of(p, rnd):
     """The round's storms of `p` (storm_round); the run's own opening storm
     is not one of them."""
     d = os.path.dirname(out) or "."
