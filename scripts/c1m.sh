@@ -87,17 +87,23 @@ kill -0 "$server" 2>/dev/null || { cat "$out-server.log"; exit 1; }
 echo "c1m: server pid $server, $shards shards, kernel $(uname -r)"
 
 # ---- sample server and kernel every 5 s ------------------------------------
+# box_* are the whole box's CPU ticks (/proc/stat, every core): the load
+# generator runs under nice 10, so box_nice is mostly its user time. When
+# the server falls behind they tell whether it was busy, starved by the
+# kernel's own work (softirq), by the host (steal), or idle (a core idle
+# while a thread waits in io_uring counts as iowait).
 sampler() {
-  echo "t_s,live,server_rss_kb,slab_kb,tcp_mem_pages,tcp_inuse,server_utime,server_stime"
+  echo "t_s,live,server_rss_kb,slab_kb,tcp_mem_pages,tcp_inuse,server_utime,server_stime,box_user,box_nice,box_system,box_idle,box_iowait,box_irq,box_softirq,box_steal"
   local t0; t0=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do
-    local live rss slab sock stat
+    local live rss slab sock stat box
     live=$("${in_ns[@]}" curl -s -m 2 "127.0.0.1:$metrics_port/metrics" | awk '$1=="ringbeat_connections" {print $2}')
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null)
     slab=$(slab_kb)
     sock=$(awk '/^TCP:/ {for (i=1;i<=NF;i++) {if ($i=="mem") m=$(i+1); if ($i=="inuse") u=$(i+1)}; print m "," u}' "/proc/$server/net/sockstat" 2>/dev/null)
     stat=$(awk '{sub(/.*\) /, ""); print $12 "," $13}' "/proc/$server/stat" 2>/dev/null)
-    echo "$(( $(date +%s) - t0 )),${live:-0},${rss:-0},$slab,$sock,$stat"
+    box=$(awk '$1 == "cpu" {print $2 "," $3 "," $4 "," $5 "," $6 "," $7 "," $8 "," $9}' /proc/stat)
+    echo "$(( $(date +%s) - t0 )),${live:-0},${rss:-0},$slab,$sock,$stat,$box"
     sleep 5
   done
 }
