@@ -607,7 +607,6 @@ fn shard_spec(
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
@@ -616,7 +615,9 @@ mod tests {
     /// The HELLO's ACK rides on the WELCOME: the listener delays ACKs, and
     /// a connection it accepts starts that way (TCP_QUICKACK reads 0 when
     /// delayed-ACK mode is on). A kernel whose children did not inherit the
-    /// mode would cost every client one more packet per handshake.
+    /// mode would cost every client one more packet per handshake. Read
+    /// before any byte arrives: a received byte arms the delayed-ACK timer,
+    /// and a test thread descheduled past it would see the mode left.
     #[test]
     fn accepted_connections_delay_their_acks() {
         let config = Config::default();
@@ -626,11 +627,8 @@ mod tests {
             0
         );
         let listener: TcpListener = socket.into();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client.write_all(b"x").unwrap();
-        let (mut accepted, _) = listener.accept().unwrap();
-        let mut byte = [0u8; 1];
-        accepted.read_exact(&mut byte).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
         assert_eq!(
             ring::tcp_option(accepted.as_raw_fd(), libc::TCP_QUICKACK).unwrap(),
             0
