@@ -26,7 +26,15 @@
 # After every peer's run, the round's connect storms (every client at
 # once): --storms per peer (default 5), taken in turns across the peers,
 # every peer's server running (storm_round); a round's accept figures are
-# the median of its storms.
+# the median of its storms. Each turn is two storms: a plain one, whose
+# rate on this box is mostly the load generator's connect rate, and a held
+# one (ringbeat-load --hold-server): the server is stopped while every
+# client connects and says HELLO into its accept queue, then resumed, so
+# the time until the last answer is the server's own accept rate. The run
+# raises net.core.somaxconn to 65535 (restored at exit) so that every
+# peer's accept queue holds the storm: ringbeat and our peers listen with
+# 65535 (bench/peers/args.rs); mosquitto's own backlog is smaller, and a
+# held storm it cannot queue in full has no figure.
 #
 # Prints one table with every figure also as a ratio to ringbeat (fast), and
 # writes results/bench-DATE.json and .md. Each round runs every peer once
@@ -80,8 +88,22 @@ loadbox_begin bench
 interval=1s; timeout=3s; tick=100ms
 loadbox_place "$pin" "$veth"
 echo "bench: $placement"
+# A held storm queues every client in the server's accept queue.
+load_sysctl_set bench net.core.somaxconn 65535
 peers=()
-if echo "$features" | grep -q "fast mode: ready"; then peers+=(ringbeat-fast ringbeat-nobatch); else echo "bench: fast mode unavailable here; skipping it"; fi
+if echo "$features" | grep -q "fast mode: ready"; then
+  peers+=(ringbeat-fast)
+  # On one core ringbeat runs its two shards on one thread (a group), and a
+  # group does not batch its waits (src/shard/group.rs): --batch-wait 0s
+  # would run the very configuration of ringbeat-fast again.
+  if [ "$(server_core_count)" -gt 1 ]; then
+    peers+=(ringbeat-nobatch)
+  else
+    echo "bench: the server has one core: ringbeat-nobatch would be ringbeat-fast's configuration; skipping it"
+  fi
+else
+  echo "bench: fast mode unavailable here; skipping it"
+fi
 # epoll: the lean hand-written epoll server (bench/peers/epoll.rs), the
 # strongest non-io_uring baseline; tokio_*: what a user would write.
 peers+=(ringbeat-compat epoll tokio_epoll tokio_uring)
@@ -154,9 +176,16 @@ storm_round() {
         --interval $interval --timeout $timeout --tick $tick --duration 2s --server-pid "${spid[$i]}" \
         --json "$out-$peer-r$round-storm$storm.json" 2>> "$out-$peer-r$round-storms-load.log" > /dev/null || true
       sleep 1
+      if [ ${#loadbox_in[@]} -gt 0 ]; then wait_sockets_freed bench alloc; else wait_sockets_freed bench; fi
+      # The held storm: the load generator stops the server (SIGSTOP) until
+      # every client is queued, at most half the run, then resumes it.
+      "${loadbox_in[@]}" "${load_pin[@]}" ./target/release/ringbeat-load --connect $server_ip:${sport[$i]} "${source_from[@]}" --clients "$clients" --ramp 1000000 --protocol ${sproto[$i]} "${hello[@]}" \
+        --interval $interval --timeout $timeout --tick $tick --duration 3s --server-pid "${spid[$i]}" --hold-server \
+        --json "$out-$peer-r$round-held$storm.json" 2>> "$out-$peer-r$round-storms-load.log" > /dev/null || true
+      sleep 1
     done
   done
-  for i in "${!peers[@]}"; do kill "${spid[$i]}" 2>/dev/null || true; wait "${spid[$i]}" 2>/dev/null || true; done
+  for i in "${!peers[@]}"; do kill -CONT "${spid[$i]}" 2>/dev/null || true; kill "${spid[$i]}" 2>/dev/null || true; wait "${spid[$i]}" 2>/dev/null || true; done
 }
 
 for round in $(seq "$rounds"); do
@@ -196,7 +225,8 @@ def measure(p, rnd):
     cpu = steady["server_cpu_s"]
     answered = max(steady["heartbeats_answered"], 1)
     live = max(r["peak_live"], 1)
-    storms = storms_of(p, rnd)
+    storms = storms_of(p, rnd, "storm")
+    held = [s["storm"] for s in storms_of(p, rnd, "held")]
     return {
         "connected": r["connected"],
         "server_rss_bytes_per_conn": (s["rss_bytes_at_peak_live"] - rss0) / live,
@@ -222,13 +252,25 @@ def measure(p, rnd):
         "accept_server_us_per_client": storm_median(storms, lambda s: (s["storm"] or {}).get("server_cpu_us_per_client")),
         "accept_answer_ms_p99": storm_median(storms, lambda s: s["welcome"]["wait_us_p99"] / 1000),
         "accept_rate_per_s_storms": [s["welcome"]["rate_per_s"] for s in storms],
+        # Held storms (ringbeat-load --hold-server): timed from the server's
+        # resume to the last answer, every client already queued. None when
+        # some held storm did not queue every client (the peer's accept
+        # queue) or was not answered in full.
+        "held_answered_per_s": storm_median(held, lambda s: held_figure(s, "answered_per_s")),
+        "held_server_us_per_client": storm_median(held, lambda s: held_figure(s, "server_cpu_us_per_client")),
+        "held_answered_per_s_storms": [held_figure(s, "answered_per_s") for s in held],
     }
 
-def storms_of(p, rnd):
-    """The round's storms of `p` (storm_round); the run's own opening storm
-    is not one of them."""
+def held_figure(storm, key):
+    if not storm or not (storm.get("held") or {}).get("complete"):
+        return None
+    return storm[key]
+
+def storms_of(p, rnd, kind):
+    """The round's storms of `p` (storm_round) of `kind`: "storm" (plain)
+    or "held"; the run's own opening storm is not one of them."""
     d = os.path.dirname(out) or "."
-    prefix = os.path.basename(f"{out}-{p}-r{rnd}-storm")
+    prefix = os.path.basename(f"{out}-{p}-r{rnd}-{kind}")
     return [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d))
             if f.startswith(prefix) and f[len(prefix):-5].isdigit() and f.endswith(".json")]
 
@@ -268,6 +310,8 @@ figs = [("server RSS bytes/conn", "server_rss_bytes_per_conn", "{:.0f}"),
         ("accept rate/s: storm answered per s (see BENCH.md)", "accept_rate_per_s", "{:,.0f}"),
         ("accept cost: server CPU µs per client over the storm", "accept_server_us_per_client", "{:.1f}"),
         ("accept → answer p99 ms (storm)", "accept_answer_ms_p99", "{:.1f}"),
+        ("held storm: answered/s from the resume (the server's accept rate)", "held_answered_per_s", "{:,.0f}"),
+        ("held storm: server CPU µs per client", "held_server_us_per_client", "{:.1f}"),
         ("false evictions (server's fault)", "false_evictions", "{}"),
         ("late-client evictions (load generator's fault)", "late_client_evictions", "{}"), ("silent evicted", "silent_evicted", "{}")]
 lines = [f"# bench {out.split('bench-')[1]}", "",
@@ -286,21 +330,28 @@ for label, key, fmt in figs:
         cells.append(cell)
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
 # Per round, ringbeat-fast against the lean epoll peer and the best other
-# server's accept rate (issue 18's bar), ringbeat's own other modes apart:
-# pinned to one core, ringbeat-nobatch runs the very configuration of
-# ringbeat-fast (one thread drives both rings, and a group has no batched
-# wait), so beside it the storm figure only measures noise.
+# server (issue 18's bars), and against ringbeat's own other modes.
+def rate(v):
+    return "n/a" if v is None else f"{v:,.0f}"
+
+def best(m, key, names):
+    known = [m[p][key] for p in names if m[p][key] is not None]
+    return max(known) if known else None
+
 if "ringbeat-fast" in peers and "epoll" in peers:
-    lines += ["", "| round | CPU-s/1M hb: fast, epoll | RTT p99 fast / epoll | storm answered/s: fast, epoll, best other server | ringbeat's other modes |", "|---|---|---|---|---|"]
+    lines += ["", "| round | CPU-s/1M hb: fast, epoll | RTT p99 fast / epoll | plain storm answered/s: fast, epoll, best other server | held storm answered/s: fast, epoll, best other server | ringbeat's other modes (plain; held) |", "|---|---|---|---|---|---|"]
+    servers = [p for p in peers if not p.startswith("ringbeat-")]
     for i in range(1, rounds + 1):
         m = {p: rows[p]["rounds"][i - 1] for p in peers}
         f, e = m["ringbeat-fast"], m["epoll"]
-        others = max(m[p]["accept_rate_per_s"] for p in peers if not p.startswith("ringbeat-"))
-        own = ", ".join(f"{p[len('ringbeat-'):]} {m[p]['accept_rate_per_s']:,.0f}" for p in peers if p.startswith("ringbeat-") and p != "ringbeat-fast")
+        own = ", ".join(f"{p[len('ringbeat-'):]} {rate(m[p]['accept_rate_per_s'])}; {rate(m[p]['held_answered_per_s'])}"
+                        for p in peers if p.startswith("ringbeat-") and p != "ringbeat-fast")
         lines.append(f"| {i} | {f['server_cpu_s_per_million_heartbeats']:.2f}, {e['server_cpu_s_per_million_heartbeats']:.2f} "
-                     f"| {f['rtt_us_p99'] / max(e['rtt_us_p99'], 1):.2f}× | {f['accept_rate_per_s']:,.0f}, {e['accept_rate_per_s']:,.0f}, {others:,.0f} | {own} |")
+                     f"| {f['rtt_us_p99'] / max(e['rtt_us_p99'], 1):.2f}× "
+                     f"| {rate(f['accept_rate_per_s'])}, {rate(e['accept_rate_per_s'])}, {rate(best(m, 'accept_rate_per_s', servers))} "
+                     f"| {rate(f['held_answered_per_s'])}, {rate(e['held_answered_per_s'])}, {rate(best(m, 'held_answered_per_s', servers))} | {own} |")
 md = "\n".join(lines) + "\n"
-json.dump({"tool": "bench.sh", "schema": 3, "kernel": release, "features": features, "placement": os.environ.get("PLACEMENT"),
+json.dump({"tool": "bench.sh", "schema": 4, "kernel": release, "features": features, "placement": os.environ.get("PLACEMENT"),
            "clients": clients, "rounds": rounds, "baseline": peers[0], "peers": rows}, open(out + ".json", "w"), indent=2)
 open(out + ".md", "w").write(md)
 print(md)

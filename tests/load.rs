@@ -165,6 +165,85 @@ fn bad_flags_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"));
 }
 
+/// A held storm (`--hold-server`): the server is stopped while every client
+/// connects and says HELLO, nobody is answered meanwhile, and once resumed
+/// the server answers them all; it is running again at the end.
+#[test]
+fn a_held_storm_queues_every_client_then_times_the_servers_answers() {
+    let server = common::child::spawn_server(&["--interval", "1s", "--timeout", "3s"]);
+    let pid = server.child.id().to_string();
+    let r = run_load(&[
+        "--connect",
+        &server.listen.to_string(),
+        "--clients",
+        "300",
+        "--ramp",
+        "1000000",
+        "--hello",
+        "--interval",
+        "1s",
+        "--timeout",
+        "3s",
+        "--duration",
+        "4s",
+        "--server-pid",
+        &pid,
+        "--hold-server",
+    ]);
+    let held = &r["storm"]["held"];
+    assert_eq!(held["clients_held"], 300, "every client queued: {held}");
+    assert_eq!(
+        held["answered_while_held"], 0,
+        "the server was stopped: {held}"
+    );
+    assert_eq!(held["complete"], true);
+    assert_eq!(r["storm"]["clients_answered"], 300);
+    assert!(r["storm"]["answered_per_s"].as_f64().unwrap() > 0.0);
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = state
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .trim_start()
+        .chars()
+        .next();
+    assert_ne!(state, Some('T'), "the server was left stopped");
+}
+
+#[test]
+fn a_held_storm_needs_a_server_pid_and_every_client_at_once() {
+    for (args, says) in [
+        (&["--hello", "--hold-server"][..], "--server-pid"),
+        (
+            &[
+                "--hello",
+                "--hold-server",
+                "--server-pid",
+                "1",
+                "--ramp",
+                "10",
+            ][..],
+            "--ramp",
+        ),
+        (
+            &["--hold-server", "--server-pid", "1", "--ramp", "1000"][..],
+            "--hello",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
+            .args(["--connect", "127.0.0.1:7700", "--clients", "100"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?} should name {says}: {stderr}"
+        );
+    }
+}
+
 /// A minimal MQTT 3.1.1 broker, one thread per client: CONNECT → CONNACK,
 /// PINGREQ → PINGRESP, and close after 1.5 × keepalive of silence (read
 /// timeout), on DISCONNECT, or on a reserved packet type.

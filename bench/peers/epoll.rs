@@ -77,7 +77,7 @@ fn listener(addr: std::net::SocketAddr) -> std::io::Result<Socket> {
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(4096)?;
+    s.listen(args::LISTEN_BACKLOG)?;
     Ok(s)
 }
 

@@ -75,7 +75,7 @@ async fn serve(mut stream: TcpStream, interval: Duration, timeout: Duration) {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let a = args::PeerArgs::parse_or_exit("tokio_epoll");
-    let listener = TcpListener::bind(a.listen).await?;
+    let listener = TcpListener::from_std(args::std_listener(a.listen)?)?;
     eprintln!("tokio_epoll listening on {}", listener.local_addr()?);
     loop {
         let (stream, _peer): (TcpStream, SocketAddr) = listener.accept().await?;

@@ -75,7 +75,7 @@ async fn serve(stream: TcpStream, interval: Duration, timeout: Duration) {
 fn main() -> std::io::Result<()> {
     let a = args::PeerArgs::parse_or_exit("tokio_uring");
     tokio_uring::start(async move {
-        let listener = TcpListener::bind(a.listen)?;
+        let listener = TcpListener::from_std(args::std_listener(a.listen)?);
         eprintln!("tokio_uring listening on {}", a.listen);
         loop {
             let (stream, _peer) = listener.accept().await?;

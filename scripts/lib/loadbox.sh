@@ -13,7 +13,9 @@ loadbox_begin() {
 }
 loadbox_end() {
   local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # A server a killed load generator left stopped (ringbeat-load
+  # --hold-server) would keep a TERM pending, and the wait below forever.
+  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ -n "$loadbox_ns" ]; then ip netns del "$loadbox_ns" 2>/dev/null || true; fi
   load_sysctls_restore "$loadbox_tag"
@@ -68,6 +70,11 @@ loadbox_place() {
     echo "$loadbox_tag: could not set up the veth pair; over loopback"
   fi
   placement="$placement, over loopback"
+}
+
+# How many cores `loadbox_place` gave the server (`server_cpus`, "A-B").
+server_core_count() {
+  echo $(( ${server_cpus#*-} - ${server_cpus%-*} + 1 ))
 }
 
 # `loadbox_veth SERVER_MASK LOAD_MASK`: the load generator gets a network

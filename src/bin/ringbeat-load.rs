@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Parser;
 use ringbeat::load::args::{LoadArgs, LoadConfig};
 use ringbeat::load::clients::Wire;
 use ringbeat::load::detect;
+use ringbeat::load::hold::{self, Held};
 use ringbeat::load::report::{Progress, ProgressSum, Tally};
 use ringbeat::load::sample::{self, ProcSample};
 use ringbeat::load::worker::{self, WorkerSpec};
@@ -145,8 +147,12 @@ fn run(config: Arc<LoadConfig>) -> anyhow::Result<bool> {
         .args
         .server_pid
         .and_then(|p| sample::process_cpu_ns(&p.to_string()));
+    let held = match config.args.server_pid.filter(|_| config.args.hold_server) {
+        Some(pid) => Some(Held::stop(pid).context("--hold-server")?),
+        None => None,
+    };
     let (progress, handles) = spawn_workers(&config, fast, start, &stop)?;
-    let storm = watch_storm(&config, storm_cpu0_ns, progress.clone(), start)?;
+    let storm = watch_storm(&config, storm_cpu0_ns, held, progress.clone(), start)?;
     let mut watch = Watch {
         pid: config.args.server_pid.map(|p| p.to_string()),
         slab_start: sample::slab_bytes().unwrap_or(0),
@@ -209,7 +215,6 @@ fn detection_quality(
     start_epoch_ms: u64,
     elapsed_s: f64,
 ) -> anyhow::Result<serde_json::Value> {
-    use anyhow::Context;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--server-events {}", path.display()))?;
     let (events, unparsed) = detect::parse_events(&text, start_epoch_ms);
@@ -222,6 +227,10 @@ fn detection_quality(
 /// How often the storm watcher looks whether every client was answered.
 const STORM_POLL: Duration = Duration::from_millis(1);
 
+/// In a held storm, how long after the last connect the server is resumed:
+/// a worker sends a client's HELLO on the pass after its connect completes.
+const HELLO_LANDING: Duration = Duration::from_millis(100);
+
 /// The server's CPU over the connect storm: from before the first connect
 /// until every client was answered (WELCOME, or an accepting CONNACK), read
 /// from schedstat. Unlike the connect rate, which on loopback measures how
@@ -231,9 +240,15 @@ const STORM_POLL: Duration = Duration::from_millis(1);
 /// unless it is a storm the server answers (`--server-pid`, every client
 /// at once: `--ramp` ≥ `--clients`, and `--hello` or MQTT; otherwise no
 /// watcher runs), or if not every client was answered within the run.
+///
+/// With `held` (`--hold-server`, the server already stopped) the watcher
+/// resumes the server once every client connected (or after
+/// [`hold::hold_max`]), and times and costs the storm from the resume: the
+/// server's own accept rate (`answered_per_s`), see [`hold`].
 fn watch_storm(
     config: &Arc<LoadConfig>,
     cpu0_ns: Option<u64>,
+    held: Option<Held>,
     progress: Vec<Arc<Progress>>,
     start: Instant,
 ) -> anyhow::Result<std::thread::JoinHandle<serde_json::Value>> {
@@ -242,7 +257,14 @@ fn watch_storm(
     let storm = a.ramp >= a.clients && answered;
     let (pid, target, duration) = (a.server_pid.filter(|_| storm), a.clients, a.duration);
     let watcher = move || {
-        let (Some(pid), Some(cpu0_ns)) = (pid, cpu0_ns) else {
+        let Some(pid) = pid else {
+            return serde_json::Value::Null;
+        };
+        let (from, cpu0_ns, hold) = match held {
+            Some(held) => release(held, pid, target, &progress, start, duration),
+            None => (start, cpu0_ns, serde_json::Value::Null),
+        };
+        let Some(cpu0_ns) = cpu0_ns else {
             return serde_json::Value::Null;
         };
         while ProgressSum::of(&progress).welcomed < target {
@@ -251,20 +273,63 @@ fn watch_storm(
             }
             std::thread::sleep(STORM_POLL);
         }
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = from.elapsed().as_secs_f64();
         let Some(cpu1_ns) = sample::process_cpu_ns(&pid.to_string()) else {
             return serde_json::Value::Null;
         };
         let cpu_ns = cpu1_ns.saturating_sub(cpu0_ns);
         json!({
             "clients_answered": target, "seconds": seconds,
+            "answered_per_s": target as f64 / seconds.max(1e-6),
             "server_cpu_ms": cpu_ns as f64 / 1e6,
             "server_cpu_us_per_client": cpu_ns as f64 / 1e3 / target.max(1) as f64,
+            "held": hold,
         })
     };
     Ok(std::thread::Builder::new()
         .name("storm-watch".into())
         .spawn(watcher)?)
+}
+
+/// Keeps the server stopped until every client connected (or the hold's
+/// limit), then resumes it. Returns when the drain starts, the server's CPU
+/// then, and what the hold held: `complete` only if every client was
+/// queued and none answered while the server was stopped.
+fn release(
+    mut held: Held,
+    pid: u32,
+    target: u64,
+    progress: &[Arc<Progress>],
+    start: Instant,
+    run: Duration,
+) -> (Instant, Option<u64>, serde_json::Value) {
+    let limit = hold::hold_max(run);
+    while ProgressSum::of(progress).connected < target && start.elapsed() < limit {
+        std::thread::sleep(STORM_POLL);
+    }
+    let connected = ProgressSum::of(progress).connected;
+    std::thread::sleep(HELLO_LANDING);
+    let answered_while_held = ProgressSum::of(progress).welcomed;
+    let state = hold::process_state(pid);
+    let cpu0_ns = sample::process_cpu_ns(&pid.to_string());
+    let from = Instant::now();
+    let resumed = held.resume();
+    if let Err(e) = &resumed {
+        eprintln!("ringbeat-load: --hold-server: {e}");
+    }
+    let complete = connected == target && answered_while_held == 0 && state == Some('T');
+    if !complete {
+        eprintln!(
+            "ringbeat-load: --hold-server: {connected} of {target} clients connected while held \
+             (the accept queue: listen backlog, net.core.somaxconn), {answered_while_held} answered, \
+             server state {state:?}"
+        );
+    }
+    let hold = json!({
+        "clients_held": connected, "answered_while_held": answered_while_held,
+        "hold_ms": (from - start).as_secs_f64() * 1e3, "complete": complete,
+    });
+    (from, cpu0_ns.filter(|_| resumed.is_ok()), hold)
 }
 
 type Handles = Vec<std::thread::JoinHandle<std::io::Result<Tally>>>;

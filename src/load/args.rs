@@ -85,6 +85,14 @@ pub struct LoadArgs {
     /// Sample this server process (RSS, CPU) and kernel memory
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// A held storm: stop the server (SIGSTOP to --server-pid) while every
+    /// client connects and says HELLO into its accept queue, resume it, and
+    /// time how fast it answers them all: the server's own accept rate, not
+    /// the load generator's connect rate. Needs every client at once
+    /// (--ramp >= --clients) and --hello or MQTT; the accept queue must
+    /// hold them (the server's listen backlog, net.core.somaxconn)
+    #[arg(long)]
+    pub hold_server: bool,
     /// Write the result JSON here
     #[arg(long, value_name = "PATH")]
     pub json: Option<std::path::PathBuf>,
@@ -195,6 +203,17 @@ impl LoadConfig {
         }
         if args.steady_after.is_some() && args.server_pid.is_none() {
             return Err("--steady-after measures the server: give --server-pid".into());
+        }
+        if args.hold_server {
+            if args.server_pid.is_none() {
+                return Err("--hold-server stops the server: give --server-pid".into());
+            }
+            if args.ramp < args.clients {
+                return Err("--hold-server is a storm: give --ramp of at least --clients".into());
+            }
+            if !args.hello && args.protocol != Wire::Mqtt {
+                return Err("--hold-server times the server's answers: give --hello".into());
+            }
         }
         let min_threads = args.clients.div_ceil(CLIENTS_PER_WORKER_MAX) as usize;
         let threads = args.threads.unwrap_or(min_threads).max(1);
