@@ -22,6 +22,7 @@ use crate::mailbox::{Peers, ShardMsg};
 use crate::ring::{BatchWait, Completion, Fd, Ring, RingSetup, ACCEPTS_PER_LISTENER};
 use crate::stats::Stats;
 use crate::user_data::{Op, UserData};
+use intake::Intake;
 
 /// How long shutdown may take before the shard exits with connections
 /// open: the engine's linger ends every close before this, with slack for
@@ -113,6 +114,8 @@ pub struct Shard {
     accept_failures: u64,
     /// Receive buffers given back in the current pass of the loop.
     buffers_returned: u32,
+    /// Accepted connections waiting for a pass with room (a burst).
+    intake: Intake,
     wait: BatchWait,
 }
 
@@ -146,6 +149,7 @@ impl Shard {
             accept_paused: Vec::new(),
             accept_failures: 0,
             buffers_returned: 0,
+            intake: Intake::for_recv_buffers(spec.ring_setup.recv_buffers),
             wait: BatchWait::new(spec.batch_wait_us, spec.tick.as_micros() as u64),
             spec,
         })
@@ -173,8 +177,13 @@ impl Shard {
     fn serve(&mut self) -> std::io::Result<()> {
         self.start()?;
         loop {
-            let window_us = self.batch_window_us();
-            let cqes = self.ring.submit_and_wait_batched(BATCH_WANT, window_us)?;
+            // Connections waiting for intake need a pass, not a wake-up.
+            let cqes = if self.intake.is_empty() {
+                let window_us = self.batch_window_us();
+                self.ring.submit_and_wait_batched(BATCH_WANT, window_us)?
+            } else {
+                self.ring.reap_ready()?
+            };
             self.batch.clear();
             self.batch.extend_from_slice(cqes);
             if self.pass()? {
@@ -208,6 +217,7 @@ impl Shard {
     fn pass(&mut self) -> std::io::Result<bool> {
         self.wait.record(self.batch.len());
         self.buffers_returned = 0;
+        self.intake.next_pass();
         self.set_clock();
         self.handle_batch()?;
         let ticked = std::mem::take(&mut self.tick_fired);
@@ -215,6 +225,7 @@ impl Shard {
             self.before_sweep()?;
             self.on_tick()?;
         }
+        self.open_due()?;
         let returned = self.buffers_returned > 0;
         self.spec.engine.after_pass(returned);
         // Every message is followed by a write to the wake eventfd; the
@@ -371,7 +382,13 @@ impl Shard {
             return self.on_accept_error(cqe.result, index, addr, rearm);
         }
         let peer = addr.and_then(|a| self.ring.accept_peer(index, a));
-        self.open_conn(cqe.result, peer)?;
+        if self.phase != Phase::Running {
+            self.open_conn(cqe.result, peer)?;
+        } else if let Some((result, peer)) = self.intake.accepted((cqe.result, peer)) {
+            self.open_conn(result, peer)?;
+        } else {
+            self.spec.stats.accepts_paced.inc();
+        }
         if rearm {
             let fd = self.spec.listeners[index as usize].as_raw_fd();
             match addr {
@@ -408,6 +425,14 @@ impl Shard {
         }
         if rearm {
             self.accept_paused.push((index, addr.unwrap_or(u32::MAX)));
+        }
+        Ok(())
+    }
+
+    /// Hands the engine the waiting connections this pass has room for.
+    fn open_due(&mut self) -> std::io::Result<()> {
+        while let Some((result, peer)) = self.intake.due() {
+            self.open_conn(result, peer)?;
         }
         Ok(())
     }
@@ -517,3 +542,4 @@ impl Shard {
 
 mod commands;
 pub mod group;
+mod intake;

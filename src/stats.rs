@@ -72,6 +72,8 @@ pub struct Stats {
     pub send_pool_exhausted: Counter,
     /// Passes that sent their queued replies early to get send chunks back.
     pub send_pool_reliefs: Counter,
+    /// Accepted connections that waited for a later pass (shard::intake).
+    pub accepts_paced: Counter,
     pub stash_exhausted: Counter,
     pub recv_paused: Counter,
     pub io_errors: Counter,
@@ -128,6 +130,7 @@ impl Stats {
             recv_no_buffers: Counter::default(),
             send_pool_exhausted: Counter::default(),
             send_pool_reliefs: Counter::default(),
+            accepts_paced: Counter::default(),
             stash_exhausted: Counter::default(),
             recv_paused: Counter::default(),
             io_errors: Counter::default(),
@@ -216,6 +219,11 @@ impl Stats {
             "ringbeat_send_pool_reliefs",
             "Passes that sent their queued replies early because the shard's send chunks ran low (a burst); each spares connections a CLOSE(OVERLOADED)",
             self.send_pool_reliefs.clone(),
+        );
+        r.register(
+            "ringbeat_accepts_paced",
+            "Accepted connections that waited for a later pass: a burst larger than a pass takes (half the receive buffers) is handed to the engine in order, a pass at a time",
+            self.accepts_paced.clone(),
         );
         r.register(
             "ringbeat_stash_exhausted",

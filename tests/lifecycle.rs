@@ -217,6 +217,41 @@ fn a_burst_past_the_send_pool_is_answered_not_overloaded() {
 }
 
 #[test]
+fn a_queued_accept_burst_is_taken_a_pass_at_a_time() {
+    // 300 clients connect and say HELLO while the server is stopped, so its
+    // accept queues hold them all when it runs again, far more than its 16
+    // receive buffers a shard. Taken at once, their receives would run out
+    // of buffers and end with ENOBUFS over and over; a pass takes half the
+    // buffers' worth and the rest wait their turn. Every client is answered.
+    let dir = std::env::temp_dir().join(format!("ringbeat-intake-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("few-buffers.toml");
+    std::fs::write(&config, "recv_buffers = 16\n").unwrap();
+    for mode in MODES {
+        let flags = ["--io-mode", mode, "--config", config.to_str().unwrap()];
+        let server = spawn_server(&flags);
+        let pid = server.child.id();
+        signal(pid, "-STOP");
+        let mut peers: Vec<Peer> = (0..300).map(|_| Peer::connect(server.listen)).collect();
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.hello(7_000 + i as u64, 0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        signal(pid, "-CONT");
+        for p in &mut peers {
+            p.expect_welcome();
+        }
+        let no_buffers = child_metric(server.metrics, "ringbeat_recv_no_buffers_total");
+        let paced = child_metric(server.metrics, "ringbeat_accepts_paced_total");
+        assert_eq!(no_buffers, 0, "{mode}: receives ran out of buffers");
+        // The queue did hold more than a pass takes: paced, not lucky.
+        assert!(paced >= 1, "{mode}: no accept waited for a later pass");
+        eprintln!("{mode}: 300 queued clients on 16 receive buffers: {paced} paced");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_stalled_server_is_late_never_wrong() {
     // The server is stopped for twice the timeout while every client keeps
     // sending PINGs into its kernel buffers. When it runs again its ticks

@@ -143,6 +143,11 @@ impl Shard {
             since: Instant::now(),
         };
         self.accept_paused.clear();
+        // Connections still waiting for intake: the engine closes them with
+        // the rest.
+        for (result, peer) in self.intake.take_all() {
+            self.open_conn(result, peer)?;
+        }
         for index in 0..self.spec.listeners.len() as u32 {
             if self.spec.plan.multishot_accept {
                 self.ring.cancel(UserData::new(Op::AcceptMulti, index, 0))?;

@@ -91,7 +91,7 @@ impl Group {
             if self.peers.take_mail(shard.spec.id) {
                 shard.inbox_woken = true;
             }
-            if !shard.inbox_woken && !shard.ring.has_work() {
+            if !shard.inbox_woken && !shard.ring.has_work() && shard.intake.is_empty() {
                 i += 1;
                 continue;
             }
@@ -120,7 +120,9 @@ impl Group {
         let mut idle = true;
         for shard in &mut self.shards {
             shard.ring.set_notify(true);
-            idle &= !shard.ring.has_work() && !self.peers.has_mail(shard.spec.id);
+            idle &= !shard.ring.has_work()
+                && !self.peers.has_mail(shard.spec.id)
+                && shard.intake.is_empty();
         }
         if idle {
             self.peers.wait(self.first)?;
