@@ -210,6 +210,67 @@ fn a_held_storm_queues_every_client_then_times_the_servers_answers() {
     assert_ne!(state, Some('T'), "the server was left stopped");
 }
 
+/// An interrupted held storm (Ctrl-C while the server is stopped) resumes
+/// the server before the load generator exits.
+#[test]
+fn an_interrupted_held_storm_resumes_the_server() {
+    let server = common::child::spawn_server(&["--interval", "1s", "--timeout", "3s"]);
+    let pid = server.child.id();
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(')').unwrap().1.trim_start().chars().next()
+    };
+    // The clients connect to a listener that never accepts, so they cannot
+    // all be queued and the hold lasts its limit (seconds), long enough to
+    // interrupt it.
+    let queue = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut load = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
+        .args(["--connect", &queue.local_addr().unwrap().to_string()])
+        .args(["--clients", "1000"])
+        .args([
+            "--ramp",
+            "1000000",
+            "--hello",
+            "--interval",
+            "1s",
+            "--timeout",
+            "3s",
+        ])
+        .args([
+            "--duration",
+            "60s",
+            "--server-pid",
+            &pid.to_string(),
+            "--hold-server",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while state() != Some('T') {
+        assert!(
+            started.elapsed() < common::SLACK,
+            "the server was never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &load.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = load.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT");
+    let resumed = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        state() != Some('T')
+    });
+    assert!(
+        resumed,
+        "the interrupted load generator left the server stopped"
+    );
+}
+
 #[test]
 fn a_held_storm_needs_a_server_pid_and_every_client_at_once() {
     for (args, says) in [

@@ -9,9 +9,11 @@
 //! connect rate whenever the server keeps up (on a small box the clients'
 //! core runs out first).
 //!
-//! The stop is undone on every path: [`Held`] resumes the server when it is
-//! dropped, so an error or a panic in the load generator cannot leave it
-//! stopped.
+//! The stop is undone on every path the load generator lives through:
+//! [`Held`] resumes the server when it is dropped (an error, a panic), and
+//! SIGINT, SIGTERM or SIGHUP resume it before the load generator exits. Only
+//! SIGKILL leaves it stopped; the project's scripts send SIGCONT before they
+//! kill a server.
 
 use std::process::Command;
 use std::time::Duration;
@@ -32,8 +34,12 @@ pub struct Held {
 }
 
 impl Held {
-    /// Stops `pid` (SIGSTOP).
+    /// Stops `pid` (SIGSTOP). From here until the process exits, SIGINT,
+    /// SIGTERM or SIGHUP to the load generator resume the server before
+    /// the load generator exits (status 130): an interrupted run must not
+    /// leave it stopped.
     pub fn stop(pid: u32) -> std::io::Result<Held> {
+        resume_on_interrupt(pid)?;
         signal(pid, "-STOP")?;
         Ok(Held { pid, stopped: true })
     }
@@ -53,6 +59,23 @@ impl Drop for Held {
             eprintln!("ringbeat-load: could not resume server {}: {e}", self.pid);
         }
     }
+}
+
+fn resume_on_interrupt(pid: u32) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("hold-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let resumed = signal(pid, "-CONT");
+                eprintln!(
+                    "ringbeat-load: signal {sig}: server {pid} resumed ({resumed:?}); exiting"
+                );
+                std::process::exit(130);
+            }
+        })?;
+    Ok(())
 }
 
 fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
