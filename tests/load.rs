@@ -8,6 +8,7 @@ use std::process::Command;
 
 use common::{start, stop, timed_args};
 use ringbeat::config::IoMode;
+use ringbeat::load::hold::process_state;
 
 /// Runs `ringbeat-load` with `args`, asserts it succeeded, and returns its
 /// result JSON (also printed, for the figures).
@@ -165,31 +166,37 @@ fn bad_flags_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.0/8"));
 }
 
+/// Every client at once, saying HELLO, against a server with a 1 s
+/// interval and a 3 s timeout: the held storms' load.
+const STORM: [&str; 7] = [
+    "--ramp",
+    "1000000",
+    "--hello",
+    "--interval",
+    "1s",
+    "--timeout",
+    "3s",
+];
+
 /// A held storm (`--hold-server`): the server is stopped while every client
 /// connects and says HELLO, nobody is answered meanwhile, and once resumed
 /// the server answers them all; it is running again at the end.
 #[test]
 fn a_held_storm_queues_every_client_then_times_the_servers_answers() {
     let server = common::child::spawn_server(&["--interval", "1s", "--timeout", "3s"]);
-    let pid = server.child.id().to_string();
-    let r = run_load(&[
-        "--connect",
-        &server.listen.to_string(),
-        "--clients",
-        "300",
-        "--ramp",
-        "1000000",
-        "--hello",
-        "--interval",
-        "1s",
-        "--timeout",
-        "3s",
+    let pid = server.child.id();
+    let listen = server.listen.to_string();
+    let pid_arg = pid.to_string();
+    let mut args = vec!["--connect", &listen, "--clients", "300"];
+    args.extend(STORM);
+    args.extend([
         "--duration",
         "4s",
         "--server-pid",
-        &pid,
+        &pid_arg,
         "--hold-server",
     ]);
+    let r = run_load(&args);
     let held = &r["storm"]["held"];
     assert_eq!(held["clients_held"], 300, "every client queued: {held}");
     assert_eq!(
@@ -199,14 +206,7 @@ fn a_held_storm_queues_every_client_then_times_the_servers_answers() {
     assert_eq!(held["complete"], true);
     assert_eq!(r["storm"]["clients_answered"], 300);
     assert!(r["storm"]["answered_per_s"].as_f64().unwrap() > 0.0);
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let state = state
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .trim_start()
-        .chars()
-        .next();
+    let state = process_state(pid);
     assert_ne!(state, Some('T'), "the server was left stopped");
 }
 
@@ -216,10 +216,7 @@ fn a_held_storm_queues_every_client_then_times_the_servers_answers() {
 fn an_interrupted_held_storm_resumes_the_server() {
     let server = common::child::spawn_server(&["--interval", "1s", "--timeout", "3s"]);
     let pid = server.child.id();
-    let state = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        stat.rsplit_once(')').unwrap().1.trim_start().chars().next()
-    };
+    let state = || process_state(pid);
     // The clients connect to a listener that never accepts, so they cannot
     // all be queued and the hold lasts its limit (seconds), long enough to
     // interrupt it.
@@ -227,15 +224,7 @@ fn an_interrupted_held_storm_resumes_the_server() {
     let mut load = Command::new(env!("CARGO_BIN_EXE_ringbeat-load"))
         .args(["--connect", &queue.local_addr().unwrap().to_string()])
         .args(["--clients", "1000"])
-        .args([
-            "--ramp",
-            "1000000",
-            "--hello",
-            "--interval",
-            "1s",
-            "--timeout",
-            "3s",
-        ])
+        .args(STORM)
         .args([
             "--duration",
             "60s",
