@@ -21,6 +21,12 @@
 //! queue. A shard with connections waiting here does not sleep (its loop
 //! asks [`Intake::is_empty`]). A trickle of connections, fewer than
 //! `per_pass` a pass, goes straight through.
+//!
+//! It bounds the burst that a queue of accepted connections brings, not
+//! input that arrives together on receives already armed (a stalled
+//! box's PINGs, or HELLOs a loaded host delivers after the accepts): that
+//! still meets an empty ring and is handled as before, with ENOBUFS
+//! counted and the receive armed again once buffers come back.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
