@@ -88,11 +88,20 @@ fn real_servers_keep_one_holder_across_nodes() {
     let outcomes: Vec<Option<u16>> = peers.iter_mut().map(settled).collect();
     let alive: Vec<usize> = (0..20).filter(|&i| outcomes[i].is_none()).collect();
     assert_eq!(alive.len(), 1, "outcomes: {outcomes:?}");
-    let taken = outcomes
-        .iter()
-        .filter(|o| **o == Some(CloseReason::TakenOver as u16))
-        .count();
-    assert_eq!(taken, 19, "outcomes: {outcomes:?}");
+    let count = |reason: CloseReason| {
+        outcomes
+            .iter()
+            .filter(|o| **o == Some(reason as u16))
+            .count()
+    };
+    let (taken, refused) = (count(CloseReason::TakenOver), count(CloseReason::Limited));
+    // As in tests/cluster.rs: a claim that loses CLAIM_ATTEMPTS rounds to
+    // its 19 rivals is refused by design (CLOSE(LIMITED), counted in
+    // ringbeat_cluster_claims_refused); seen once in test.sh, 2026-12-01
+    // 22:38 (18 taken over, 1 refused). Every other HELLO is answered one
+    // way or the other, and refusals stay the exception.
+    assert_eq!(taken + refused, 19, "outcomes: {outcomes:?}");
+    assert!(refused <= 3, "outcomes: {outcomes:?}");
     let winner = alive[0];
     peers[winner].ping(5);
     peers[winner].expect_pong(5);
