@@ -177,6 +177,26 @@ fn config_file(tag: &str, toml: &str) -> (std::path::PathBuf, std::path::PathBuf
     (dir, config)
 }
 
+/// Stops the server, has every peer say HELLO (ids from `first_id`) into
+/// its sockets, resumes it and expects every WELCOME.
+fn hello_while_stopped(pid: u32, peers: &mut [Peer], first_id: u64) {
+    signal(pid, "-STOP");
+    say_hello_and_resume(pid, peers, first_id);
+}
+
+/// Every peer says HELLO into a stopped server, which is then resumed;
+/// every peer must be welcomed.
+fn say_hello_and_resume(pid: u32, peers: &mut [Peer], first_id: u64) {
+    for (i, p) in peers.iter_mut().enumerate() {
+        p.hello(first_id + i as u64, 0);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(pid, "-CONT");
+    for p in peers.iter_mut() {
+        p.expect_welcome();
+    }
+}
+
 #[test]
 fn a_burst_past_the_send_pool_is_answered_not_overloaded() {
     // 300 HELLOs reach a stopped server whose shards have 16 send chunks
@@ -194,16 +214,7 @@ fn a_burst_past_the_send_pool_is_answered_not_overloaded() {
             assert!(started.elapsed() < common::SLACK, "{mode}: accepts");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let pid = server.child.id();
-        signal(pid, "-STOP");
-        for (i, p) in peers.iter_mut().enumerate() {
-            p.hello(5_000 + i as u64, 0);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        signal(pid, "-CONT");
-        for p in &mut peers {
-            p.expect_welcome();
-        }
+        hello_while_stopped(server.child.id(), &mut peers, 5_000);
         let overloaded = child_metric(
             server.metrics,
             "ringbeat_closed_total{reason=\"overloaded\"}",
@@ -236,14 +247,7 @@ fn a_queued_accept_burst_is_taken_a_pass_at_a_time() {
         let pid = server.child.id();
         signal(pid, "-STOP");
         let mut peers: Vec<Peer> = (0..300).map(|_| Peer::connect(server.listen)).collect();
-        for (i, p) in peers.iter_mut().enumerate() {
-            p.hello(7_000 + i as u64, 0);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        signal(pid, "-CONT");
-        for p in &mut peers {
-            p.expect_welcome();
-        }
+        say_hello_and_resume(pid, &mut peers, 7_000);
         let no_buffers = child_metric(server.metrics, "ringbeat_recv_no_buffers_total");
         let paced = child_metric(server.metrics, "ringbeat_accepts_paced_total");
         // Taken whole, the queue ran the buffers out 1,018-1,264 times
@@ -279,11 +283,8 @@ fn silent_connections_queued_ahead_do_not_hold_back_an_honest_client() {
         let pid = server.child.id();
         signal(pid, "-STOP");
         let silent: Vec<Peer> = (0..300).map(|_| Peer::connect(server.listen)).collect();
-        let mut honest = Peer::connect(server.listen);
-        honest.hello(9_001, 0);
-        std::thread::sleep(Duration::from_millis(200));
-        signal(pid, "-CONT");
-        honest.expect_welcome();
+        let mut honest = [Peer::connect(server.listen)];
+        say_hello_and_resume(pid, &mut honest, 9_001);
         let paced = child_metric(server.metrics, "ringbeat_accepts_paced_total");
         assert!(paced >= 1, "{mode}: no accept waited for a later pass");
         drop(silent);
