@@ -24,7 +24,7 @@
 # as runs before 2026-12-01 did.
 #
 # After every peer's run, the round's connect storms (every client at
-# once): --storms per peer (default 5), taken in turns across the peers,
+# once): --storms per peer (default 7), taken in turns across the peers,
 # every peer's server running (storm_round); a round's accept figures are
 # the median of its storms. Each turn is two storms: a plain one, whose
 # rate on this box is mostly the load generator's connect rate, and a held
@@ -50,7 +50,7 @@ cd "$(dirname "$0")/.."
 clients=15000
 run_s=40
 rounds=3
-storms=5
+storms=7
 pin=1
 veth=1
 while [ $# -gt 0 ]; do
@@ -268,11 +268,13 @@ def held_figure(storm, key):
 
 def storms_of(p, rnd, kind):
     """The round's storms of `p` (storm_round) of `kind`: "storm" (plain)
-    or "held"; the run's own opening storm is not one of them."""
+    or "held", in the order taken (storm k of every peer is turn k); the
+    run's own opening storm is not one of them."""
     d = os.path.dirname(out) or "."
     prefix = os.path.basename(f"{out}-{p}-r{rnd}-{kind}")
-    return [json.load(open(os.path.join(d, f))) for f in sorted(os.listdir(d))
-            if f.startswith(prefix) and f[len(prefix):-5].isdigit() and f.endswith(".json")]
+    numbered = {int(f[len(prefix):-5]): f for f in os.listdir(d)
+                if f.startswith(prefix) and f[len(prefix):-5].isdigit() and f.endswith(".json")}
+    return [json.load(open(os.path.join(d, numbered[k]))) for k in sorted(numbered)]
 
 def storm_median(storms, fig):
     values = [fig(s) for s in storms]
@@ -307,10 +309,10 @@ figs = [("server RSS bytes/conn", "server_rss_bytes_per_conn", "{:.0f}"),
         ("heartbeats/s per core (extrapolated)", "heartbeats_per_s_per_core", "{:,.0f}"),
         ("detection p50 ms", "detection_ms_p50", "{:.0f}"), ("detection p99 ms", "detection_ms_p99", "{:.0f}"),
         ("detection max ms (worst round)", "detection_ms_max", "{:.0f}"), ("RTT p99 µs", "rtt_us_p99", "{:.0f}"),
-        ("accept rate/s: storm answered per s (see BENCH.md)", "accept_rate_per_s", "{:,.0f}"),
+        ("plain storm: answered/s (bound by the load generator here; see BENCH.md)", "accept_rate_per_s", "{:,.0f}"),
         ("accept cost: server CPU µs per client over the storm", "accept_server_us_per_client", "{:.1f}"),
         ("accept → answer p99 ms (storm)", "accept_answer_ms_p99", "{:.1f}"),
-        ("held storm: answered/s from the resume (the server's accept rate)", "held_answered_per_s", "{:,.0f}"),
+        ("accept rate/s: held storm answered from the resume (the server's own)", "held_answered_per_s", "{:,.0f}"),
         ("held storm: server CPU µs per client", "held_server_us_per_client", "{:.1f}"),
         ("false evictions (server's fault)", "false_evictions", "{}"),
         ("late-client evictions (load generator's fault)", "late_client_evictions", "{}"), ("silent evicted", "silent_evicted", "{}")]
@@ -338,6 +340,29 @@ def best(m, key, names):
     known = [m[p][key] for p in names if m[p][key] is not None]
     return max(known) if known else None
 
+def issue18_bars(rows, peers, rounds):
+    """Per round, whether ringbeat-fast met issue 18's bars against the lean
+    epoll peer and every other server (ringbeat's own modes are not
+    peers), and in how many of the round's turns its held storm was
+    answered faster than theirs in the same turn."""
+    servers = [p for p in peers if not p.startswith("ringbeat-")]
+    bars = []
+    for i in range(1, rounds + 1):
+        m = {p: rows[p]["rounds"][i - 1] for p in peers}
+        f, e = m["ringbeat-fast"], m["epoll"]
+        held = lambda p: f["held_answered_per_s"] is not None and (m[p]["held_answered_per_s"] is None or f["held_answered_per_s"] >= m[p]["held_answered_per_s"])
+        turns = list(zip(*(m[p]["held_answered_per_s_storms"] for p in ["ringbeat-fast"] + servers)))
+        won = lambda t, rivals: t[0] is not None and all(r is None or t[0] >= r for r in rivals)
+        bars.append({"round": i,
+                     "cpu_below_epoll": f["server_cpu_s_per_million_heartbeats"] < e["server_cpu_s_per_million_heartbeats"],
+                     "rtt_within_1_5x": f["rtt_us_p99"] <= 1.5 * e["rtt_us_p99"],
+                     "accept_at_least_epoll": held("epoll"),
+                     "accept_at_least_every_server": all(held(p) for p in servers),
+                     "turns": len(turns),
+                     "turns_won_vs_epoll": sum(won(t, [t[1 + servers.index("epoll")]]) for t in turns),
+                     "turns_won_vs_servers": sum(won(t, t[1:]) for t in turns)})
+    return bars
+
 if "ringbeat-fast" in peers and "epoll" in peers:
     lines += ["", "| round | CPU-s/1M hb: fast, epoll | RTT p99 fast / epoll | plain storm answered/s: fast, epoll, best other server | held storm answered/s: fast, epoll, best other server | ringbeat's other modes (plain; held) |", "|---|---|---|---|---|---|"]
     servers = [p for p in peers if not p.startswith("ringbeat-")]
@@ -350,8 +375,17 @@ if "ringbeat-fast" in peers and "epoll" in peers:
                      f"| {f['rtt_us_p99'] / max(e['rtt_us_p99'], 1):.2f}× "
                      f"| {rate(f['accept_rate_per_s'])}, {rate(e['accept_rate_per_s'])}, {rate(best(m, 'accept_rate_per_s', servers))} "
                      f"| {rate(f['held_answered_per_s'])}, {rate(e['held_answered_per_s'])}, {rate(best(m, 'held_answered_per_s', servers))} | {own} |")
+bars = issue18_bars(rows, peers, rounds) if "ringbeat-fast" in peers and "epoll" in peers else None
+if bars:
+    lines += ["", "Issue 18's bars per round (held storm: the accept rate; turns: storms of one turn compared pairwise)", "",
+              "| round | CPU below epoll | RTT p99 ≤ 1.5× epoll | accept ≥ epoll | accept ≥ every other server | held turns won vs epoll | vs every other server |",
+              "|---|---|---|---|---|---|---|"]
+    for b in bars:
+        yes = lambda v: "yes" if v else "**no**"
+        lines.append(f"| {b['round']} | {yes(b['cpu_below_epoll'])} | {yes(b['rtt_within_1_5x'])} | {yes(b['accept_at_least_epoll'])} "
+                     f"| {yes(b['accept_at_least_every_server'])} | {b['turns_won_vs_epoll']}/{b['turns']} | {b['turns_won_vs_servers']}/{b['turns']} |")
 md = "\n".join(lines) + "\n"
-json.dump({"tool": "bench.sh", "schema": 4, "kernel": release, "features": features, "placement": os.environ.get("PLACEMENT"),
+json.dump({"tool": "bench.sh", "schema": 5, "issue18_bars": bars, "kernel": release, "features": features, "placement": os.environ.get("PLACEMENT"),
            "clients": clients, "rounds": rounds, "baseline": peers[0], "peers": rows}, open(out + ".json", "w"), indent=2)
 open(out + ".md", "w").write(md)
 print(md)
